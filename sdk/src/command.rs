@@ -1,0 +1,534 @@
+//! Long-running commands: the [`CommandHandle`] a long process works with,
+//! and the registry behind `get_command_status` and `cancel_command`.
+//!
+//! Protocol of CodeProject.AI Server 2.9, see
+//! reference/codeproject-protocol.md §1 (lifecycle steps 4–6) and §2
+//! "Long-running routes". One long command runs at a time; its id is the
+//! request id of the command that started it. modhost adds the `failed`
+//! status (the Python SDK reports a failure as `completed` with an error)
+//! and remembers the last few finished commands, not just the latest.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use serde_json::{json, Map, Value};
+
+/// A JSON object, the shape of every reply.
+pub(crate) type JsonMap = Map<String, Value>;
+
+/// How many finished commands keep their result for `get_command_status`.
+const FINISHED_KEPT: usize = 8;
+
+/// The long process's view of its command: its id, the cancel flag and the
+/// fields it publishes to `get_command_status` while running.
+///
+/// Cheap to clone; all clones share the same state.
+#[derive(Clone, Debug)]
+pub struct CommandHandle {
+    id: Arc<str>,
+    cancelled: Arc<AtomicBool>,
+    // parking_lot: held only to copy or replace a map, never across an await.
+    published: Arc<Mutex<JsonMap>>,
+}
+
+impl CommandHandle {
+    /// A fresh handle, not cancelled, with nothing published. The SDK makes
+    /// one per long command; tests of a long process make their own.
+    pub fn new(id: &str) -> Self {
+        Self {
+            id: id.into(),
+            cancelled: Arc::default(),
+            published: Arc::default(),
+        }
+    }
+
+    /// The command id (the request id of the command that started it).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether `cancel_command` was received for this command. A long
+    /// process should check it often (e.g. once per generated token) and
+    /// return its partial result when it is set.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Sets the cancel flag (the SDK does this on `cancel_command` and at
+    /// shutdown).
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+    }
+
+    /// Replaces all published status fields, e.g. `{"reply": <text so far>}`.
+    /// They are merged into `get_command_status` replies while the command
+    /// runs, and into a `failed` reply.
+    pub fn publish(&self, fields: JsonMap) {
+        *self.published.lock() = fields;
+    }
+
+    /// Sets one published status field, keeping the others.
+    pub fn update(&self, key: &str, value: Value) {
+        self.published.lock().insert(key.to_owned(), value);
+    }
+
+    /// A copy of the published fields.
+    pub fn published(&self) -> JsonMap {
+        self.published.lock().clone()
+    }
+}
+
+/// How a finished long process ended.
+#[derive(Debug, Clone, PartialEq)]
+enum Finished {
+    Completed(JsonMap),
+    /// Returned `Ok` after its cancel flag was set.
+    Cancelled(JsonMap),
+    Failed(String),
+}
+
+#[derive(Debug)]
+struct Entry {
+    handle: CommandHandle,
+    /// `None` while running.
+    finished: Option<Finished>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// The latest command; at most one runs at a time.
+    current: Option<Entry>,
+    /// Earlier finished commands, newest last, at most [`FINISHED_KEPT`].
+    history: VecDeque<Entry>,
+}
+
+/// What a `cancel_command` request found.
+#[derive(Debug)]
+pub(crate) enum CancelOutcome {
+    /// The command was running; its flag is now set. The caller calls
+    /// [`ModuleRunner::cancel`](crate::ModuleRunner::cancel) and replies.
+    Cancelled(JsonMap),
+    /// Not running (finished, unknown or missing id): reply as is.
+    Reply(JsonMap),
+}
+
+/// The registry of long commands.
+#[derive(Debug, Default)]
+pub(crate) struct LongCommands {
+    // parking_lot: short critical sections from blocking threads only.
+    inner: Mutex<Inner>,
+    /// Signalled whenever a command finishes (for shutdown and tests).
+    finished: Condvar,
+}
+
+impl LongCommands {
+    /// Registers a new running command, or refuses with the running one's id.
+    pub(crate) fn try_start(&self, id: &str) -> Result<CommandHandle, String> {
+        let mut inner = self.inner.lock();
+        if let Some(cur) = &inner.current {
+            if cur.finished.is_none() {
+                return Err(cur.handle.id().to_owned());
+            }
+        }
+        if let Some(done) = inner.current.take() {
+            inner.history.push_back(done);
+            while inner.history.len() > FINISHED_KEPT {
+                inner.history.pop_front();
+            }
+        }
+        let handle = CommandHandle::new(id);
+        inner.current = Some(Entry {
+            handle: handle.clone(),
+            finished: None,
+        });
+        Ok(handle)
+    }
+
+    /// Records how the command `id` ended: `Ok` is `completed`, or
+    /// `cancelled` if its flag was set; `Err` is `failed`.
+    pub(crate) fn finish(&self, id: &str, result: Result<JsonMap, String>) {
+        let mut inner = self.inner.lock();
+        if let Some(entry) = inner.current.as_mut().filter(|e| e.handle.id() == id) {
+            entry.finished = Some(match result {
+                Ok(map) if entry.handle.is_cancelled() => Finished::Cancelled(map),
+                Ok(map) => Finished::Completed(map),
+                Err(msg) => Finished::Failed(msg),
+            });
+        }
+        drop(inner);
+        self.finished.notify_all();
+    }
+
+    /// The id of the running command, if one runs.
+    pub(crate) fn running(&self) -> Option<CommandHandle> {
+        let inner = self.inner.lock();
+        inner
+            .current
+            .as_ref()
+            .filter(|e| e.finished.is_none())
+            .map(|e| e.handle.clone())
+    }
+
+    /// Blocks until no command runs or `timeout` passes; true if idle.
+    pub(crate) fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut inner = self.inner.lock();
+        loop {
+            let running = inner.current.as_ref().is_some_and(|e| e.finished.is_none());
+            if !running {
+                return true;
+            }
+            if self.finished.wait_until(&mut inner, deadline).timed_out() {
+                return inner.current.as_ref().is_none_or(|e| e.finished.is_some());
+            }
+        }
+    }
+
+    /// The `get_command_status` reply for `command_id` (the request value
+    /// `commandId`). `extra` supplies the module's fields for a running
+    /// command ([`ModuleRunner::command_status`](crate::ModuleRunner::command_status));
+    /// it is called without the registry lock held.
+    pub(crate) fn status_reply(
+        &self,
+        command_id: Option<&str>,
+        extra: impl FnOnce(&str) -> JsonMap,
+    ) -> JsonMap {
+        let Some(id) = command_id.filter(|id| !id.is_empty()) else {
+            return obj(json!({
+                "success": false,
+                "commandStatus": "unknown",
+                "error": "No command ID provided",
+            }));
+        };
+        let found = {
+            let inner = self.inner.lock();
+            if inner.current.is_none() {
+                return obj(json!({
+                    "success": false,
+                    "commandId": id,
+                    "commandStatus": "not started",
+                    "error": "No long running command has been started",
+                }));
+            }
+            inner
+                .current
+                .iter()
+                .chain(inner.history.iter().rev())
+                .find(|e| e.handle.id() == id)
+                .map(|e| (e.handle.clone(), e.finished.clone()))
+        };
+        let Some((handle, finished)) = found else {
+            return obj(json!({
+                "success": false,
+                "commandId": id,
+                "commandStatus": "unknown",
+                "error": format!("Unknown command ID '{id}'"),
+            }));
+        };
+        let mut reply = match finished {
+            None => {
+                let mut reply = obj(json!({
+                    "success": true,
+                    "message": "The long running command is still in progress",
+                }));
+                reply.extend(handle.published());
+                reply.extend(extra(id));
+                reply.insert("commandStatus".into(), "running".into());
+                reply
+            }
+            Some(Finished::Completed(result)) => {
+                let mut reply = obj(json!({
+                    "success": true,
+                    "message": "Command has completed",
+                    "error": null,
+                }));
+                reply.extend(result);
+                reply.insert("commandStatus".into(), "completed".into());
+                reply
+            }
+            Some(Finished::Cancelled(result)) => {
+                let mut reply = obj(json!({
+                    "success": true,
+                    "message": "The command was cancelled",
+                    "error": null,
+                }));
+                reply.extend(result);
+                reply.insert("commandStatus".into(), "cancelled".into());
+                reply
+            }
+            Some(Finished::Failed(error)) => {
+                let mut reply = handle.published();
+                reply.extend(obj(json!({
+                    "success": false,
+                    "message": "Command has failed",
+                    "commandStatus": "failed",
+                    "error": error,
+                })));
+                reply
+            }
+        };
+        reply.insert("commandId".into(), id.into());
+        reply
+    }
+
+    /// Handles `cancel_command` for `command_id`: sets the flag of the
+    /// running command with that id.
+    pub(crate) fn cancel(&self, command_id: Option<&str>) -> CancelOutcome {
+        let Some(id) = command_id.filter(|id| !id.is_empty()) else {
+            return CancelOutcome::Reply(obj(json!({
+                "success": false,
+                "error": "No command ID provided",
+            })));
+        };
+        let inner = self.inner.lock();
+        let found = inner
+            .current
+            .iter()
+            .chain(inner.history.iter().rev())
+            .find(|e| e.handle.id() == id);
+        match found {
+            Some(Entry {
+                handle,
+                finished: None,
+            }) => {
+                handle.cancel();
+                CancelOutcome::Cancelled(obj(json!({
+                    "success": true,
+                    "message": "The command has been cancelled",
+                    "commandId": id,
+                    "commandStatus": "cancelled",
+                })))
+            }
+            Some(Entry {
+                finished: Some(done),
+                ..
+            }) => CancelOutcome::Reply(obj(json!({
+                "success": true,
+                "message": "The command had already finished",
+                "commandId": id,
+                "commandStatus": match done {
+                    Finished::Completed(_) => "completed",
+                    Finished::Cancelled(_) => "cancelled",
+                    Finished::Failed(_) => "failed",
+                },
+            }))),
+            None => CancelOutcome::Reply(obj(json!({
+                "success": false,
+                "commandId": id,
+                "error": format!("Unknown command ID '{id}'"),
+            }))),
+        }
+    }
+}
+
+/// Unwraps a `json!` object literal.
+pub(crate) fn obj(value: Value) -> JsonMap {
+    match value {
+        Value::Object(map) => map,
+        // Only called with object literals in this crate.
+        other => unreachable!("obj() called with a non-object: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_extra(_: &str) -> JsonMap {
+        JsonMap::new()
+    }
+
+    #[test]
+    fn handle_publishes_and_cancels() {
+        let h = CommandHandle::new("c1");
+        assert_eq!(h.id(), "c1");
+        assert!(!h.is_cancelled());
+        h.publish(obj(json!({"reply": "The", "tokens": 1})));
+        h.update("reply", json!("The solar"));
+        assert_eq!(
+            h.published(),
+            obj(json!({"reply": "The solar", "tokens": 1}))
+        );
+        h.publish(obj(json!({"reply": "x"})));
+        assert_eq!(h.published(), obj(json!({"reply": "x"})));
+        let clone = h.clone();
+        clone.cancel();
+        assert!(h.is_cancelled());
+    }
+
+    #[test]
+    fn nothing_started_reports_not_started() {
+        let reg = LongCommands::default();
+        let r = reg.status_reply(Some("c1"), no_extra);
+        assert_eq!(r["success"], false);
+        assert_eq!(r["commandStatus"], "not started");
+        let r = reg.status_reply(None, no_extra);
+        assert_eq!(r["commandStatus"], "unknown");
+        assert_eq!(r["error"], "No command ID provided");
+    }
+
+    #[test]
+    fn running_reply_merges_published_and_module_fields() {
+        let reg = LongCommands::default();
+        let h = reg.try_start("c1").expect("starts");
+        h.update("reply", json!("The"));
+        let r = reg.status_reply(Some("c1"), |id| {
+            assert_eq!(id, "c1");
+            obj(json!({"tokens": 3, "commandStatus": "bogus"}))
+        });
+        assert_eq!(
+            Value::Object(r),
+            json!({
+                "success": true,
+                "message": "The long running command is still in progress",
+                "commandId": "c1",
+                "commandStatus": "running",
+                "reply": "The",
+                "tokens": 3,
+            })
+        );
+    }
+
+    #[test]
+    fn completed_result_is_cached_and_repeatable() {
+        let reg = LongCommands::default();
+        reg.try_start("c1").expect("starts");
+        reg.finish(
+            "c1",
+            Ok(obj(json!({"reply": "done", "stop_reason": "completed"}))),
+        );
+        let want = json!({
+            "success": true,
+            "message": "Command has completed",
+            "error": null,
+            "commandId": "c1",
+            "commandStatus": "completed",
+            "reply": "done",
+            "stop_reason": "completed",
+        });
+        let extra_must_not_run = |_: &str| -> JsonMap { panic!("only for running commands") };
+        assert_eq!(
+            Value::Object(reg.status_reply(Some("c1"), extra_must_not_run)),
+            want
+        );
+        assert_eq!(Value::Object(reg.status_reply(Some("c1"), no_extra)), want);
+    }
+
+    #[test]
+    fn cancelled_command_reports_its_partial_result() {
+        let reg = LongCommands::default();
+        let h = reg.try_start("c1").expect("starts");
+        let CancelOutcome::Cancelled(reply) = reg.cancel(Some("c1")) else {
+            panic!("running command should be cancellable");
+        };
+        assert_eq!(
+            Value::Object(reply),
+            json!({"success": true, "message": "The command has been cancelled",
+                   "commandId": "c1", "commandStatus": "cancelled"})
+        );
+        assert!(h.is_cancelled());
+        reg.finish("c1", Ok(obj(json!({"reply": "partial"}))));
+        let r = reg.status_reply(Some("c1"), no_extra);
+        assert_eq!(r["commandStatus"], "cancelled");
+        assert_eq!(r["success"], true);
+        assert_eq!(r["reply"], "partial");
+        // Cancelling again reports the final state.
+        let CancelOutcome::Reply(again) = reg.cancel(Some("c1")) else {
+            panic!("finished command is not cancelled again");
+        };
+        assert_eq!(again["commandStatus"], "cancelled");
+        assert_eq!(again["message"], "The command had already finished");
+    }
+
+    #[test]
+    fn failed_command_reports_error_and_published_fields() {
+        let reg = LongCommands::default();
+        let h = reg.try_start("c1").expect("starts");
+        h.update("reply", json!("half"));
+        reg.finish("c1", Err("model went away".into()));
+        let r = reg.status_reply(Some("c1"), no_extra);
+        assert_eq!(
+            Value::Object(r),
+            json!({"success": false, "message": "Command has failed", "commandId": "c1",
+                   "commandStatus": "failed", "error": "model went away", "reply": "half"})
+        );
+    }
+
+    #[test]
+    fn second_long_command_is_refused_while_one_runs() {
+        let reg = LongCommands::default();
+        reg.try_start("c1").expect("starts");
+        assert_eq!(reg.try_start("c2").unwrap_err(), "c1");
+        assert_eq!(
+            reg.running().map(|h| h.id().to_owned()).as_deref(),
+            Some("c1")
+        );
+        reg.finish("c1", Ok(JsonMap::new()));
+        assert!(reg.running().is_none());
+        reg.try_start("c2")
+            .expect("starts after the first finished");
+        // The earlier result is still available.
+        assert_eq!(
+            reg.status_reply(Some("c1"), no_extra)["commandStatus"],
+            "completed"
+        );
+        assert_eq!(
+            reg.status_reply(Some("c2"), no_extra)["commandStatus"],
+            "running"
+        );
+    }
+
+    #[test]
+    fn unknown_ids_are_reported() {
+        let reg = LongCommands::default();
+        reg.try_start("c1").expect("starts");
+        let r = reg.status_reply(Some("nope"), no_extra);
+        assert_eq!(r["success"], false);
+        assert_eq!(r["commandStatus"], "unknown");
+        let CancelOutcome::Reply(r) = reg.cancel(Some("nope")) else {
+            panic!("unknown id must not cancel");
+        };
+        assert_eq!(r["success"], false);
+        assert_eq!(r["error"], "Unknown command ID 'nope'");
+        let CancelOutcome::Reply(r) = reg.cancel(None) else {
+            panic!("missing id must not cancel");
+        };
+        assert_eq!(r["error"], "No command ID provided");
+        assert!(!reg.running().expect("still running").is_cancelled());
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let reg = LongCommands::default();
+        for i in 0..(FINISHED_KEPT + 2) {
+            let id = format!("c{i}");
+            reg.try_start(&id).expect("starts");
+            reg.finish(&id, Ok(JsonMap::new()));
+        }
+        assert_eq!(
+            reg.status_reply(Some("c0"), no_extra)["commandStatus"],
+            "unknown"
+        );
+        assert_eq!(
+            reg.status_reply(Some("c1"), no_extra)["commandStatus"],
+            "completed"
+        );
+    }
+
+    #[test]
+    fn wait_idle_returns_when_the_command_finishes() {
+        let reg = Arc::new(LongCommands::default());
+        assert!(reg.wait_idle(Duration::ZERO));
+        reg.try_start("c1").expect("starts");
+        assert!(!reg.wait_idle(Duration::from_millis(1)));
+        let finisher = {
+            let reg = Arc::clone(&reg);
+            std::thread::spawn(move || reg.finish("c1", Ok(JsonMap::new())))
+        };
+        assert!(reg.wait_idle(Duration::from_secs(30)));
+        finisher.join().expect("finisher thread");
+    }
+}

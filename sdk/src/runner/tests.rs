@@ -1,0 +1,723 @@
+//! Tests of dispatch (through `Engine::handle`, no network) and of the real
+//! loop against a hand-rolled HTTP server speaking the queue protocol.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::mpsc as std_mpsc;
+
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use super::*;
+
+// ---------------------------------------------------------------- fixture
+
+/// Observations shared between a [`TestModule`] and the test.
+#[derive(Default)]
+struct Probe {
+    cleaned_up: AtomicBool,
+    cancelled: Mutex<Vec<String>>,
+    initialised: AtomicUsize,
+}
+
+/// A module with one command per behaviour under test.
+struct TestModule {
+    probe: Arc<Probe>,
+    /// Long commands block on this until the test (or `cancel`) sends.
+    gate_rx: Arc<Mutex<std_mpsc::Receiver<()>>>,
+    gate_tx: Mutex<std_mpsc::Sender<()>>,
+    fail_init: bool,
+    selftest_ok: bool,
+}
+
+impl TestModule {
+    /// The module, its probe and the sender that releases long commands.
+    fn new() -> (Self, Arc<Probe>, std_mpsc::Sender<()>) {
+        let (tx, rx) = std_mpsc::channel();
+        let probe = Arc::new(Probe::default());
+        let module = Self {
+            probe: Arc::clone(&probe),
+            gate_rx: Arc::new(Mutex::new(rx)),
+            gate_tx: Mutex::new(tx.clone()),
+            fail_init: false,
+            selftest_ok: true,
+        };
+        (module, probe, tx)
+    }
+}
+
+impl ModuleRunner for TestModule {
+    fn initialise(&mut self, _ctx: &ModuleContext) -> Result<(), ModuleError> {
+        self.probe.initialised.fetch_add(1, Ordering::SeqCst);
+        if self.fail_init {
+            return Err("no model".into());
+        }
+        Ok(())
+    }
+
+    fn process(&self, request: &RequestData) -> Result<Outcome, ModuleError> {
+        match request.command() {
+            "echo" => Ok(Outcome::done(json!({"message": request.string("text")?}))),
+            "panic" => panic!("deliberate test panic"),
+            "long" | "long_fail" | "long_panic" => {
+                let gate = Arc::clone(&self.gate_rx);
+                let kind = request.command().to_owned();
+                Ok(Outcome::Long(Box::new(move |cmd: &CommandHandle| {
+                    cmd.publish(obj(json!({"reply": "partial", "progress": 50})));
+                    // Cannot fail while the module (holding the sender) lives.
+                    let _ = gate.lock().recv();
+                    match kind.as_str() {
+                        "long_fail" => Err("generation failed".into()),
+                        "long_panic" => panic!("deliberate long panic"),
+                        _ if cmd.is_cancelled() => {
+                            Ok(obj(json!({"reply": "partial", "stop_reason": "cancelled"})))
+                        }
+                        _ => Ok(obj(json!({"reply": "full", "stop_reason": "completed"}))),
+                    }
+                })))
+            }
+            other => Err(format!("unknown command '{other}'").into()),
+        }
+    }
+
+    fn command_status(&self, command_id: &str) -> JsonMap {
+        obj(json!({"extra": command_id}))
+    }
+
+    fn cancel(&self, command_id: &str) {
+        self.probe.cancelled.lock().push(command_id.to_owned());
+        let _ = self.gate_tx.lock().send(());
+    }
+
+    fn selftest(&self) -> Result<(), ModuleError> {
+        if self.selftest_ok {
+            Ok(())
+        } else {
+            Err("model answers nonsense".into())
+        }
+    }
+
+    fn cleanup(&self) {
+        self.probe.cleaned_up.store(true, Ordering::SeqCst);
+    }
+
+    fn status(&self) -> JsonMap {
+        obj(json!({"custom": 1}))
+    }
+
+    fn inference_device(&self) -> String {
+        "GPU".into()
+    }
+}
+
+fn engine() -> (Arc<Engine<TestModule>>, Arc<Probe>, std_mpsc::Sender<()>) {
+    let (module, probe, gate) = TestModule::new();
+    let ctx = ModuleContext::new("Echo", "http://127.0.0.1:1/v1/");
+    (Arc::new(Engine::new(module, ctx)), probe, gate)
+}
+
+fn reply(handled: Handled) -> JsonMap {
+    match handled {
+        Handled::Reply(reply) => reply,
+        Handled::Quit => panic!("expected a reply, got quit"),
+    }
+}
+
+fn req(command: &str, reqid: &str) -> RequestData {
+    RequestData::new(command).with_request_id(reqid)
+}
+
+// ------------------------------------------------------- dispatch (no network)
+
+#[test]
+fn process_reply_gets_the_envelope_and_counts() {
+    let (engine, _, _) = engine();
+    let r = reply(engine.handle(&req("Echo", "r1").with_value("text", "hi")));
+    assert_eq!(r["message"], "hi");
+    assert_eq!(r["success"], true);
+    assert_eq!(r["code"], 200);
+    assert_eq!(r["moduleId"], "Echo");
+    assert_eq!(r["moduleName"], "Echo");
+    assert_eq!(r["command"], "Echo");
+    assert_eq!(r["requestId"], "r1");
+    assert_eq!(r["inferenceDevice"], "GPU");
+    assert!(r["processMs"].is_u64());
+    assert_eq!(engine.status_data()["successfulInferences"], 1);
+}
+
+#[test]
+fn module_error_becomes_an_error_reply() {
+    let (engine, _, _) = engine();
+    let r = reply(engine.handle(&req("echo", "r1")));
+    assert_eq!(r["success"], false);
+    assert_eq!(r["code"], 500);
+    assert_eq!(r["error"], "missing value 'text'");
+    assert_eq!(engine.status_data()["failedInferences"], 1);
+}
+
+#[test]
+fn panic_in_process_becomes_an_error_reply() {
+    let (engine, _, _) = engine();
+    let r = reply(engine.handle(&req("panic", "r9")));
+    assert_eq!(r["success"], false);
+    assert_eq!(r["error"], "unable to process the request (#reqid r9)");
+    // The module still works afterwards.
+    let r = reply(engine.handle(&req("echo", "r10").with_value("text", "ok")));
+    assert_eq!(r["message"], "ok");
+}
+
+#[test]
+fn quit_obeys_own_id_or_no_id_only() {
+    let (engine, _, _) = engine();
+    assert_eq!(engine.handle(&req("Quit", "q1")), Handled::Quit);
+    assert_eq!(
+        engine.handle(&req("quit", "q2").with_value("moduleId", "echo")),
+        Handled::Quit
+    );
+    let r = reply(engine.handle(&req("quit", "q3").with_value("moduleId", "Other")));
+    assert_eq!(r["success"], false);
+    assert_eq!(
+        r["error"],
+        "quit was addressed to module 'Other', not 'Echo'"
+    );
+}
+
+#[test]
+fn long_command_runs_in_background_until_completed() {
+    let (engine, _, gate) = engine();
+    let r = reply(engine.handle(&req("long", "c1")));
+    assert_eq!(r["success"], true);
+    assert_eq!(r["message"], "Command is running in the background");
+    assert_eq!(r["commandId"], "c1");
+    assert_eq!(r["commandStatus"], "running");
+    assert_eq!(r["requestId"], "c1");
+
+    // A second long command is refused while the first runs.
+    let r = reply(engine.handle(&req("long", "c2")));
+    assert_eq!(r["success"], false);
+    assert_eq!(r["commandId"], "c1");
+    assert_eq!(r["error"], "A long running command is already in progress");
+
+    // Running: published fields appear once the thread published them.
+    let status = |engine: &Arc<Engine<TestModule>>| {
+        reply(engine.handle(&req("get_command_status", "s").with_value("commandId", "c1")))
+    };
+    let mut r = status(&engine);
+    while r.get("progress").is_none() {
+        std::thread::yield_now();
+        r = status(&engine);
+    }
+    assert_eq!(r["commandStatus"], "running");
+    assert_eq!(
+        r["message"],
+        "The long running command is still in progress"
+    );
+    assert_eq!(r["reply"], "partial");
+    assert_eq!(r["extra"], "c1");
+    assert_eq!(r["command"], "get_command_status");
+
+    gate.send(()).expect("long process is waiting");
+    assert!(engine.commands.wait_idle(Duration::from_secs(30)));
+    for _ in 0..2 {
+        let r = status(&engine);
+        assert_eq!(r["commandStatus"], "completed");
+        assert_eq!(r["success"], true);
+        assert_eq!(r["message"], "Command has completed");
+        assert_eq!(r["error"], Value::Null);
+        assert_eq!(r["reply"], "full");
+        assert_eq!(r["code"], 200);
+    }
+    let data = engine.status_data();
+    assert_eq!(data["successfulInferences"], 1, "{data:?}");
+    assert_eq!(data["failedInferences"], 1, "the refused second command");
+}
+
+#[test]
+fn cancel_command_sets_the_flag_and_calls_the_hook() {
+    let (engine, probe, _gate) = engine();
+    reply(engine.handle(&req("long", "c1")));
+    let r = reply(engine.handle(&req("cancel_command", "x").with_value("commandId", "c1")));
+    assert_eq!(
+        (
+            &r["success"],
+            &r["message"],
+            &r["commandId"],
+            &r["commandStatus"]
+        ),
+        (
+            &json!(true),
+            &json!("The command has been cancelled"),
+            &json!("c1"),
+            &json!("cancelled")
+        )
+    );
+    assert_eq!(*probe.cancelled.lock(), ["c1"]);
+    // The hook released the gate; the process saw the flag.
+    assert!(engine.commands.wait_idle(Duration::from_secs(30)));
+    let r = reply(engine.handle(&req("get_command_status", "s").with_value("commandId", "c1")));
+    assert_eq!(r["commandStatus"], "cancelled");
+    assert_eq!(r["stop_reason"], "cancelled");
+
+    let r = reply(engine.handle(&req("cancel_command", "y").with_value("commandId", "zz")));
+    assert_eq!(r["success"], false);
+    assert_eq!(r["error"], "Unknown command ID 'zz'");
+    assert_eq!(probe.cancelled.lock().len(), 1);
+}
+
+#[test]
+fn long_process_error_or_panic_is_reported_as_failed() {
+    for (command, error) in [
+        ("long_fail", "generation failed"),
+        (
+            "long_panic",
+            "the long running command failed unexpectedly (#reqid c-long_panic)",
+        ),
+    ] {
+        let (engine, _, gate) = engine();
+        let id = format!("c-{command}");
+        reply(engine.handle(&req(command, &id)));
+        gate.send(()).expect("long process is waiting");
+        assert!(engine.commands.wait_idle(Duration::from_secs(30)));
+        let r = reply(engine.handle(&req("get_command_status", "s").with_value("commandId", &id)));
+        assert_eq!(r["commandStatus"], "failed", "{command}");
+        assert_eq!(r["success"], false);
+        assert_eq!(r["error"], error);
+        assert_eq!(r["reply"], "partial", "published fields are kept");
+        assert_eq!(engine.status_data()["failedInferences"], 1);
+    }
+}
+
+#[test]
+fn command_status_for_unknown_or_no_command() {
+    let (engine, _, _) = engine();
+    let r = reply(engine.handle(&req("get_command_status", "s").with_value("commandId", "c1")));
+    assert_eq!(r["commandStatus"], "not started");
+    assert_eq!(r["success"], false);
+    assert_eq!(r["code"], 500);
+    let r = reply(engine.handle(&req("get_command_status", "s")));
+    assert_eq!(r["commandStatus"], "unknown");
+}
+
+#[test]
+fn selftest_command_reports_the_result() {
+    let (engine, _, _) = engine();
+    let r = reply(engine.handle(&req("selftest", "t")));
+    assert_eq!(r["success"], true);
+    let (mut module, _, _) = TestModule::new();
+    module.selftest_ok = false;
+    let engine = Arc::new(Engine::new(
+        module,
+        ModuleContext::new("Echo", "http://h/v1/"),
+    ));
+    let r = reply(engine.handle(&req("selftest", "t")));
+    assert_eq!(r["success"], false);
+    assert_eq!(r["error"], "Self-test failed: model answers nonsense");
+}
+
+#[test]
+fn status_data_merges_module_fields_and_reports_gpu_as_string() {
+    let (engine, _, _) = engine();
+    let data = engine.status_data();
+    assert_eq!(data["inferenceDevice"], "GPU");
+    assert_eq!(data["canUseGPU"], "true");
+    assert_eq!(data["custom"], 1);
+    assert_eq!(data["numInferences"], 0);
+
+    let (module, _, _) = TestModule::new();
+    let mut ctx = ModuleContext::new("Echo", "http://h/v1/");
+    ctx.enable_gpu = false;
+    let data = Engine::new(module, ctx).status_data();
+    assert_eq!(data["canUseGPU"], "false");
+}
+
+#[test]
+fn backoff_doubles_to_ten_seconds_and_resets() {
+    let mut b = Backoff::default();
+    let secs: Vec<u64> = (0..6).map(|_| b.next_delay().as_secs()).collect();
+    assert_eq!(secs, [1, 2, 4, 8, 10, 10]);
+    b.reset();
+    assert_eq!(b.next_delay(), Duration::from_secs(1));
+}
+
+#[test]
+fn selftest_mode_runs_initialise_selftest_cleanup() {
+    let ctx = ModuleContext::new("Echo", "http://127.0.0.1:1/v1/");
+    let (module, probe, _) = TestModule::new();
+    let code = run_with(module, ctx.clone(), RunOptions { selftest: true });
+    assert_eq!(code, ExitCode::SUCCESS);
+    assert_eq!(probe.initialised.load(Ordering::SeqCst), 1);
+    assert!(probe.cleaned_up.load(Ordering::SeqCst));
+
+    let (mut module, probe, _) = TestModule::new();
+    module.selftest_ok = false;
+    assert_eq!(
+        run_with(module, ctx.clone(), RunOptions { selftest: true }),
+        ExitCode::FAILURE
+    );
+    assert!(probe.cleaned_up.load(Ordering::SeqCst));
+
+    let (mut module, probe, _) = TestModule::new();
+    module.fail_init = true;
+    assert_eq!(
+        run_with(module, ctx, RunOptions { selftest: true }),
+        ExitCode::FAILURE
+    );
+    assert!(!probe.cleaned_up.load(Ordering::SeqCst));
+}
+
+#[test]
+fn failed_initialise_exits_with_failure_before_polling() {
+    let (mut module, probe, _) = TestModule::new();
+    module.fail_init = true;
+    // Port 1 is closed: reaching the poll loop would spin on backoff.
+    let ctx = ModuleContext::new("Echo", "http://127.0.0.1:1/v1/");
+    assert_eq!(
+        run_with(module, ctx, RunOptions::default()),
+        ExitCode::FAILURE
+    );
+    assert_eq!(probe.initialised.load(Ordering::SeqCst), 1);
+}
+
+// -------------------------------------------------- the real loop over HTTP
+
+/// One request the fake server received.
+#[derive(Debug)]
+struct Captured {
+    target: String,
+    content_type: String,
+    body: String,
+}
+
+/// A minimal stand-in for the server's queue endpoints: polls take items
+/// pushed by the test (or wait for one), replies and status posts are
+/// captured in order. One request per connection (`Connection: close`).
+struct FakeServer {
+    url: String,
+    items: mpsc::UnboundedSender<String>,
+    replies: mpsc::UnboundedReceiver<Captured>,
+    statuses: mpsc::UnboundedReceiver<Captured>,
+}
+
+#[derive(Clone)]
+struct FakeState {
+    items: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>>,
+    replies: mpsc::UnboundedSender<Captured>,
+    statuses: mpsc::UnboundedSender<Captured>,
+    /// Statuses to answer the next polls with before serving items.
+    poll_failures: Arc<Mutex<VecDeque<u16>>>,
+}
+
+impl FakeServer {
+    async fn start(poll_failures: &[u16]) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr: SocketAddr = listener.local_addr().expect("local addr");
+        let (items_tx, items_rx) = mpsc::unbounded_channel();
+        let (replies_tx, replies_rx) = mpsc::unbounded_channel();
+        let (statuses_tx, statuses_rx) = mpsc::unbounded_channel();
+        let state = FakeState {
+            items: Arc::new(tokio::sync::Mutex::new(items_rx)),
+            replies: replies_tx,
+            statuses: statuses_tx,
+            poll_failures: Arc::new(Mutex::new(poll_failures.iter().copied().collect())),
+        };
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve_connection(stream, state.clone()));
+            }
+        });
+        Self {
+            url: format!("http://{addr}/v1/"),
+            items: items_tx,
+            replies: replies_rx,
+            statuses: statuses_rx,
+        }
+    }
+
+    fn push(&self, item: Value) {
+        self.items.send(item.to_string()).expect("server alive");
+    }
+
+    async fn next_reply(&mut self) -> (Captured, Value) {
+        let captured = within(self.replies.recv())
+            .await
+            .expect("reply channel open");
+        let body = serde_json::from_str(&captured.body).expect("reply is JSON");
+        (captured, body)
+    }
+
+    /// Pushes `item` and returns the reply posted for it.
+    async fn call(&mut self, item: Value) -> Value {
+        self.push(item);
+        self.next_reply().await.1
+    }
+}
+
+/// Fails the test instead of hanging when something never happens.
+async fn within<T>(fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), fut)
+        .await
+        .expect("timed out waiting for the module")
+}
+
+async fn serve_connection(mut stream: TcpStream, state: FakeState) {
+    let Some((method, target, headers, body)) = read_request(&mut stream).await else {
+        return;
+    };
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let captured = Captured {
+        target: target.clone(),
+        content_type: header("content-type"),
+        body,
+    };
+    let (status, reply) = if method == "GET" && target.starts_with("/v1/queue/") {
+        let failure = state.poll_failures.lock().pop_front();
+        match failure {
+            Some(code) => (code, String::from("scripted failure")),
+            None => match state.items.lock().await.recv().await {
+                Some(item) => (200, item),
+                None => (204, String::new()),
+            },
+        }
+    } else if method == "POST" && target.starts_with("/v1/queue/updatemodulestatus/") {
+        let _ = state.statuses.send(captured);
+        (200, "Module status updated".into())
+    } else if method == "POST" && target.starts_with("/v1/queue/") {
+        let _ = state.replies.send(captured);
+        (200, "Response saved.".into())
+    } else {
+        (404, "not found".into())
+    };
+    let response = format!(
+        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+        reply.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+type RawRequest = (String, String, Vec<(String, String)>, String);
+
+async fn read_request(stream: &mut TcpStream) -> Option<RawRequest> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos;
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8(buf[..head_end].to_vec()).ok()?;
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let (method, target) = (first.next()?.to_owned(), first.next()?.to_owned());
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < length {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Some((method, target, headers, String::from_utf8(body).ok()?))
+}
+
+/// Decodes an `application/x-www-form-urlencoded` value.
+fn form_value(body: &str, key: &str) -> Option<String> {
+    body.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        if k != key {
+            return None;
+        }
+        let bytes = v.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' => {
+                    let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                    out.push(u8::from_str_radix(hex, 16).ok()?);
+                    i += 2;
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8(out).ok()
+    })
+}
+
+/// Starts `run_with` on its own thread (it builds its own runtime).
+fn start_module(
+    url: &str,
+    parallelism: usize,
+) -> (
+    tokio::sync::oneshot::Receiver<ExitCode>,
+    Arc<Probe>,
+    std_mpsc::Sender<()>,
+) {
+    let (module, probe, gate) = TestModule::new();
+    let mut ctx = ModuleContext::new("Echo", url);
+    ctx.parallelism = parallelism;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(run_with(module, ctx, RunOptions::default()));
+    });
+    (done_rx, probe, gate)
+}
+
+fn queue_item(reqid: &str, command: &str, values: &[(&str, &str)]) -> Value {
+    let values: Vec<Value> = values
+        .iter()
+        .map(|(k, v)| json!({"key": k, "value": [v]}))
+        .collect();
+    json!({"reqid": reqid, "reqtype": command,
+           "payload": {"command": command, "values": values, "files": [], "urlSegments": []}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_a_command_posts_status_and_stops_on_quit() {
+    let mut server = FakeServer::start(&[]).await;
+    let (done, probe, _gate) = start_module(&server.url, 2);
+
+    server.push(queue_item("r1", "echo", &[("text", "hello")]));
+    let (captured, body) = server.next_reply().await;
+    assert_eq!(captured.target, "/v1/queue/r1?moduleId=Echo");
+    assert!(
+        captured.content_type.starts_with("application/json"),
+        "{captured:?}"
+    );
+    assert_eq!(
+        body,
+        json!({"message": "hello", "success": true, "moduleId": "Echo", "moduleName": "Echo",
+               "code": 200, "command": "echo", "requestId": "r1", "inferenceDevice": "GPU",
+               "processMs": body["processMs"]})
+    );
+    assert!(body["processMs"].is_u64());
+
+    let status = within(server.statuses.recv()).await.expect("status posted");
+    assert_eq!(status.target, "/v1/queue/updatemodulestatus/Echo");
+    assert_eq!(status.content_type, "application/x-www-form-urlencoded");
+    let data: Value = serde_json::from_str(&form_value(&status.body, "statusData").expect("field"))
+        .expect("statusData is a JSON string");
+    assert_eq!(data["canUseGPU"], "true");
+    assert_eq!(data["inferenceDevice"], "GPU");
+    assert_eq!(data["custom"], 1);
+    for key in [
+        "inferenceLibrary",
+        "successfulInferences",
+        "failedInferences",
+        "numInferences",
+        "averageInferenceMs",
+    ] {
+        assert!(data.get(key).is_some(), "statusData lacks {key}: {data}");
+    }
+
+    // A malformed item with a reqid is answered with the parse error.
+    let body = server
+        .call(json!({"reqid": "bad", "payload": {"command": "echo",
+                     "files": [{"name": "image1", "data": "%%%"}]}}))
+        .await;
+    assert_eq!(body["success"], false);
+    assert_eq!(body["requestId"], "bad");
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains("image1")),
+        "{body}"
+    );
+
+    server.push(queue_item("q", "quit", &[("moduleId", "Echo")]));
+    let code = within(done).await.expect("module thread reports");
+    assert_eq!(code, ExitCode::SUCCESS);
+    assert!(probe.cleaned_up.load(Ordering::SeqCst));
+    assert!(
+        server.replies.try_recv().is_err(),
+        "quit must not be answered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_command_is_followed_and_cancelled_over_http() {
+    let mut server = FakeServer::start(&[]).await;
+    let (done, probe, gate) = start_module(&server.url, 1);
+
+    let body = server.call(queue_item("c1", "long", &[])).await;
+    assert_eq!(body["commandStatus"], "running");
+    assert_eq!(body["commandId"], "c1");
+
+    let status_item = queue_item("s", "get_command_status", &[("commandId", "c1")]);
+    let body = server.call(status_item.clone()).await;
+    assert_eq!(body["commandStatus"], "running");
+    assert_eq!(body["success"], true);
+
+    gate.send(()).expect("long process is waiting");
+    let mut body = server.call(status_item.clone()).await;
+    while body["commandStatus"] == "running" {
+        body = server.call(status_item.clone()).await;
+    }
+    assert_eq!(body["commandStatus"], "completed");
+    assert_eq!(body["reply"], "full");
+
+    // A second long command, cancelled while it runs.
+    server.call(queue_item("c2", "long", &[])).await;
+    let body = server
+        .call(queue_item("x", "cancel_command", &[("commandId", "c2")]))
+        .await;
+    assert_eq!(body["commandStatus"], "cancelled");
+    assert_eq!(*probe.cancelled.lock(), ["c2"]);
+    let status_item = queue_item("s2", "get_command_status", &[("commandId", "c2")]);
+    let mut body = server.call(status_item.clone()).await;
+    while body["commandStatus"] == "running" {
+        body = server.call(status_item.clone()).await;
+    }
+    assert_eq!(body["commandStatus"], "cancelled");
+    assert_eq!(body["stop_reason"], "cancelled");
+
+    server.push(queue_item("q", "quit", &[]));
+    assert_eq!(
+        within(done).await.expect("module thread reports"),
+        ExitCode::SUCCESS
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_poll_backs_off_then_recovers() {
+    let mut server = FakeServer::start(&[500]).await;
+    let started = Instant::now();
+    let (done, _, _) = start_module(&server.url, 1);
+    let body = server
+        .call(queue_item("r1", "echo", &[("text", "again")]))
+        .await;
+    assert_eq!(body["message"], "again");
+    assert!(
+        started.elapsed() >= BACKOFF_START,
+        "the 500 must be followed by a pause before the next poll"
+    );
+    server.push(queue_item("q", "quit", &[]));
+    assert_eq!(
+        within(done).await.expect("module thread reports"),
+        ExitCode::SUCCESS
+    );
+}
