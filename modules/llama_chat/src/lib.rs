@@ -1,1 +1,19 @@
-//! llama_chat
+//! LlamaChat: a modhost module that chats with a local GGUF model through llama.cpp
+//! (the `llama-cpp-2` bindings), as a drop-in for CodeProject.AI Server's LlamaChat
+//! module (route `text/chat`, command `prompt`, a long-running command polled with
+//! `get_command_status`; see reference/codeproject-protocol.md §4).
+//!
+//! Layout:
+//! - [`engine`]: the [`engine::Generator`] trait and [`engine::LlamaEngine`], which
+//!   loads a model once and streams replies from a dedicated thread per chat.
+//! - [`template`]: chat templates (llama.cpp built-ins, minijinja, ChatML fallback).
+//! - [`text`]: stateful UTF-8 decoding of token pieces and stop strings.
+//! - [`gguf`]: a small GGUF writer and the random-weight demo model used by tests,
+//!   the installer and benchmarks.
+//! - `module` (and `main.rs`): the CodeProject-style module on `modhost-sdk`: input
+//!   validation, model location and download, streaming into the command status.
+
+pub mod engine;
+pub mod gguf;
+pub mod template;
+pub mod text;

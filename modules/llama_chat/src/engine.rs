@@ -1,0 +1,1187 @@
+//! The chat engine: a [`Generator`] trait and its llama.cpp implementation.
+//!
+//! The loop follows llama-cpp-rs's `examples/simple`: the backend is initialised once
+//! per process ([`backend`]), the model is loaded once and shared (`Arc<LlamaModel>`),
+//! and each chat runs on its own thread that owns a fresh context and sampler (neither
+//! is `Send`). The prompt is rendered with the model's chat template, tokenized and
+//! checked against the context before anything is decoded; it is decoded in chunks of
+//! `n_batch` tokens and the reply one token at a time, with a cancel flag checked
+//! between chunks and tokens. Pieces go through a stateful UTF-8 decoder and a
+//! stop-string filter and are streamed to the caller over a bounded channel as
+//! [`GenerationEvent`]s.
+//!
+//! One chat runs at a time per engine: a generation thread holds the engine's slot
+//! while it has a context, so threads × contexts never exceed the configured threads.
+//! A chat started while another finishes (for example right after a cancel, which
+//! lands within one token) waits for the slot and then runs.
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use parking_lot::Mutex;
+
+use crate::template::{self, JinjaTemplate, Message};
+use crate::text::{StopFilter, Utf8Stream};
+
+/// Capacity of a generation's event channel. Small, so that a cancel is not hidden
+/// behind many already-produced pieces, and the generator runs at most this far ahead
+/// of a slow reader.
+pub const EVENT_CHANNEL_CAPACITY: usize = 16;
+
+/// Context size used when the configuration does not set one: the model's training
+/// context, capped here so a 128k-token model does not allocate a huge KV cache.
+pub const DEFAULT_MAX_CONTEXT: u32 = 4096;
+
+/// Largest accepted temperature.
+pub const MAX_TEMPERATURE: f32 = 2.0;
+
+/// The llama.cpp backend, initialised on first use, once per process.
+///
+/// llama.cpp's logs are routed into `tracing` (target `llama-cpp-2`) before the
+/// backend starts, so model loading is logged like the rest of the module.
+///
+/// # Panics
+/// If llama.cpp's backend was initialised outside this function (nothing in this
+/// crate does that), since `LlamaBackend::init` then refuses a second call.
+pub fn backend() -> &'static LlamaBackend {
+    static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+    BACKEND.get_or_init(|| {
+        llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+        LlamaBackend::init().expect("llama.cpp backend is initialised only here, once")
+    })
+}
+
+/// Serialises `new_context`: llama-cpp-2 warns that creating contexts from one model
+/// concurrently is unsound (llama.cpp mutates the model while creating one). A
+/// std-style blocking mutex is right here: this is a plain thread, not async code.
+static NEW_CONTEXT: Mutex<()> = Mutex::new(());
+
+/// Why a reply ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StopReason {
+    /// The model produced an end-of-generation token.
+    Completed,
+    /// `max_tokens` (or the end of the context) was reached.
+    Length,
+    /// A stop string appeared; it is not part of the reply.
+    Stop,
+    /// The caller cancelled.
+    Cancelled,
+}
+
+impl StopReason {
+    /// The wire name: `completed`, `length`, `stop` or `cancelled`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Length => "length",
+            Self::Stop => "stop",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One chat turn to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    /// The user's message; must not be empty.
+    pub prompt: String,
+    /// System prompt; left out of the chat when empty.
+    pub system_prompt: String,
+    /// Most tokens to generate; 0 = as many as the context has room for.
+    pub max_tokens: u32,
+    /// Sampling temperature, `0..=2`; 0 = greedy (deterministic).
+    pub temperature: f32,
+    /// Nucleus sampling, `(0, 1]`; 1 = off.
+    pub top_p: f32,
+    /// Top-k sampling; 0 = off.
+    pub top_k: u32,
+    /// Sampler seed; `None` = a fresh random seed. The same seed, model and request
+    /// give the same reply.
+    pub seed: Option<u32>,
+    /// Stop strings: the reply ends before the first one that appears.
+    pub stop: Vec<String>,
+}
+
+impl Default for ChatRequest {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            system_prompt: String::new(),
+            max_tokens: 0,
+            temperature: 0.4,
+            top_p: 1.0,
+            top_k: 0,
+            seed: None,
+            stop: Vec::new(),
+        }
+    }
+}
+
+impl ChatRequest {
+    /// A request for `prompt` with the other fields at their defaults.
+    pub fn new(prompt: impl Into<String>) -> Self {
+        Self {
+            prompt: prompt.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Checks the ranges documented on the fields.
+    ///
+    /// # Errors
+    /// [`ChatError::InvalidRequest`] naming the field and the accepted range.
+    pub fn validate(&self) -> Result<(), ChatError> {
+        let invalid = |m: String| Err(ChatError::InvalidRequest(m));
+        if self.prompt.trim().is_empty() {
+            return invalid("prompt is empty".into());
+        }
+        if !(0.0..=MAX_TEMPERATURE).contains(&self.temperature) {
+            return invalid(format!(
+                "temperature {} is outside 0..={MAX_TEMPERATURE}",
+                self.temperature
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return invalid(format!("top_p {} is outside (0, 1]", self.top_p));
+        }
+        Ok(())
+    }
+}
+
+/// Statistics of a finished (or cancelled) reply.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Summary {
+    /// Why the reply ended.
+    pub stop_reason: StopReason,
+    /// Tokens of the rendered prompt (template included).
+    pub prompt_tokens: u32,
+    /// Tokens generated into the reply (an end-of-generation token is not counted).
+    pub completion_tokens: u32,
+    /// Milliseconds from getting the engine to the end: prompt processing plus
+    /// generation (not the wait for a previous chat to finish).
+    pub inference_ms: u64,
+    /// Generated tokens per second after the prompt was processed; 0 with no tokens.
+    pub tokens_per_second: f64,
+    /// Milliseconds from getting the engine to the first sampled token; 0 when none
+    /// was sampled.
+    pub time_to_first_token_ms: f64,
+    /// The sampler seed used (the request's, or the random one picked).
+    pub seed: u32,
+}
+
+/// What a generation streams to its reader.
+#[derive(Debug)]
+pub enum GenerationEvent {
+    /// More reply text (complete UTF-8 characters, stop strings already removed).
+    Piece(String),
+    /// The reply ended normally or by cancel; this is the last event.
+    Done(Summary),
+    /// The generation failed; this is the last event.
+    Failed(ChatError),
+}
+
+/// Errors of chat generation. Messages are written for the person who sent the chat.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ChatError {
+    /// A request field is out of range.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The rendered prompt does not fit the context.
+    #[error("prompt is {prompt_tokens} tokens but the context holds {context} (a reply needs at least one more)")]
+    PromptTooLong {
+        /// Tokens of the rendered prompt.
+        prompt_tokens: u32,
+        /// Context size in tokens.
+        context: u32,
+    },
+    /// Prompt plus `max_tokens` does not fit the context.
+    #[error("max_tokens {max_tokens} does not fit: the prompt is {prompt_tokens} tokens and the context holds {context}, so at most {} tokens can be generated (or send max_tokens 0 for as many as fit)", .context - .prompt_tokens)]
+    MaxTokensBeyondContext {
+        /// Requested reply length.
+        max_tokens: u32,
+        /// Tokens of the rendered prompt.
+        prompt_tokens: u32,
+        /// Context size in tokens.
+        context: u32,
+    },
+    /// Too many chats are already waiting for the engine.
+    #[error("the engine is busy: {0} chats are already waiting")]
+    Busy(usize),
+    /// The chat template could not be applied.
+    #[error("{0}")]
+    Template(String),
+    /// llama.cpp failed (context creation, decoding).
+    #[error("llama.cpp: {0}")]
+    Engine(String),
+    /// The generation thread ended without reporting a result.
+    #[error("the generation stopped unexpectedly")]
+    Disconnected,
+}
+
+/// A shared cancel flag.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// Asks the generation to stop; it does so before the next token.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Self::cancel`] was called.
+    #[must_use]
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A running generation: read its events, cancel it. Dropping it cancels it.
+#[derive(Debug)]
+pub struct Generation {
+    events: Receiver<GenerationEvent>,
+    cancel: CancelToken,
+}
+
+/// The producing end of a [`Generation`], for engines (real or fake).
+#[derive(Debug)]
+pub struct GenerationSink {
+    events: Sender<GenerationEvent>,
+    cancel: CancelToken,
+}
+
+impl GenerationSink {
+    /// Whether the reader cancelled (or dropped) the generation.
+    #[must_use]
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Sends reply text, blocking while the channel is full. Returns false when the
+    /// reader is gone (the generation should stop).
+    pub fn piece(&self, text: String) -> bool {
+        text.is_empty() || self.events.send(GenerationEvent::Piece(text)).is_ok()
+    }
+
+    /// Ends the generation with a summary.
+    pub fn done(self, summary: Summary) {
+        // The reader may be gone; then nobody needs the summary.
+        let _ = self.events.send(GenerationEvent::Done(summary));
+    }
+
+    /// Ends the generation with an error.
+    pub fn fail(self, error: ChatError) {
+        let _ = self.events.send(GenerationEvent::Failed(error));
+    }
+}
+
+impl Generation {
+    /// A connected sink/generation pair with a [`EVENT_CHANNEL_CAPACITY`] channel.
+    #[must_use]
+    pub fn channel() -> (GenerationSink, Generation) {
+        let (tx, rx) = crossbeam_channel::bounded(EVENT_CHANNEL_CAPACITY);
+        let cancel = CancelToken::default();
+        (
+            GenerationSink {
+                events: tx,
+                cancel: cancel.clone(),
+            },
+            Generation { events: rx, cancel },
+        )
+    }
+
+    /// Asks the generation to stop before its next token. Events already produced
+    /// stay readable and a final [`GenerationEvent::Done`] with
+    /// [`StopReason::Cancelled`] follows.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// A handle that cancels this generation from elsewhere.
+    #[must_use]
+    pub fn cancel_token(&self) -> CancelToken {
+        self.cancel.clone()
+    }
+
+    /// The next event, waiting for it. A producer that vanished without a final
+    /// event yields `Failed(Disconnected)`.
+    pub fn recv(&self) -> GenerationEvent {
+        self.events
+            .recv()
+            .unwrap_or(GenerationEvent::Failed(ChatError::Disconnected))
+    }
+
+    /// The next event if one arrives within `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<GenerationEvent> {
+        match self.events.recv_timeout(timeout) {
+            Ok(event) => Some(event),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                Some(GenerationEvent::Failed(ChatError::Disconnected))
+            }
+        }
+    }
+
+    /// Reads everything: the whole reply and its summary.
+    ///
+    /// # Errors
+    /// The generation's [`ChatError`].
+    pub fn wait(self) -> Result<(String, Summary), ChatError> {
+        let mut reply = String::new();
+        loop {
+            match self.recv() {
+                GenerationEvent::Piece(p) => reply.push_str(&p),
+                GenerationEvent::Done(summary) => return Ok((reply, summary)),
+                GenerationEvent::Failed(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Something that generates chat replies. The module talks to this trait so that its
+/// logic can be tested with a fake; [`LlamaEngine`] is the real one.
+pub trait Generator: Send + Sync {
+    /// Starts a reply and returns at once; the reply streams through the
+    /// [`Generation`].
+    ///
+    /// # Errors
+    /// Problems found before generating (invalid request, prompt too long, busy) are
+    /// returned here; later ones arrive as [`GenerationEvent::Failed`].
+    fn start(&self, request: ChatRequest) -> Result<Generation, ChatError>;
+
+    /// Name of the model, for the `model` output.
+    fn model_name(&self) -> String;
+
+    /// `CPU` or `GPU`, for CodeProject's `inferenceDevice`.
+    fn inference_device(&self) -> String {
+        "CPU".to_owned()
+    }
+}
+
+/// Settings of [`LlamaEngine`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// CPU threads per chat (llama.cpp `n_threads` and `n_threads_batch`).
+    pub threads: u32,
+    /// Context size in tokens; `None` = the model's training context capped at
+    /// [`DEFAULT_MAX_CONTEXT`]; `Some(0)` = the model's training context.
+    pub context_size: Option<u32>,
+    /// Prompt tokens decoded per llama.cpp call (a cancel is seen between calls).
+    pub batch_size: u32,
+    /// Layers to offload to a GPU; `None` = all when llama.cpp was built with GPU
+    /// support, else none.
+    pub gpu_layers: Option<u32>,
+    /// Chats that may wait for the engine behind the running one before
+    /// [`ChatError::Busy`].
+    pub max_waiting: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            threads: default_threads(),
+            context_size: None,
+            batch_size: 512,
+            gpu_layers: None,
+            max_waiting: 4,
+        }
+    }
+}
+
+/// The number of available cores (at least 1).
+#[must_use]
+pub fn default_threads() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// Errors of [`LlamaEngine::load`].
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// There is no file at the path.
+    #[error("model file {0} does not exist")]
+    Missing(PathBuf),
+    /// llama.cpp could not load the file.
+    #[error("llama.cpp could not load the model {path}: {reason} (is it a GGUF model file?)")]
+    Load {
+        /// The model file.
+        path: PathBuf,
+        /// llama.cpp's error.
+        reason: String,
+    },
+}
+
+/// How prompts are rendered, decided once per model.
+enum PromptFormat {
+    /// llama.cpp's built-in implementation of the model's template family.
+    Builtin(LlamaChatTemplate),
+    /// The model's Jinja template rendered by minijinja.
+    Jinja(Box<JinjaTemplate>),
+    /// No usable template: ChatML.
+    ChatMl,
+}
+
+impl PromptFormat {
+    const fn name(&self) -> &'static str {
+        match self {
+            Self::Builtin(_) => "llama.cpp built-in",
+            Self::Jinja(_) => "jinja (minijinja)",
+            Self::ChatMl => "ChatML fallback",
+        }
+    }
+}
+
+/// A GGUF model loaded with llama.cpp, generating on dedicated threads.
+pub struct LlamaEngine {
+    model: Arc<LlamaModel>,
+    format: PromptFormat,
+    config: EngineConfig,
+    /// Context size every chat gets, in tokens.
+    n_ctx: u32,
+    name: String,
+    on_gpu: bool,
+    /// Held by the generation thread that owns a context: one chat at a time.
+    slot: Arc<Mutex<()>>,
+    /// Chats started and not yet finished (running or waiting for the slot).
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for LlamaEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlamaEngine")
+            .field("name", &self.name)
+            .field("n_ctx", &self.n_ctx)
+            .field("format", &self.format.name())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LlamaEngine {
+    /// Loads a GGUF model and picks its prompt format.
+    ///
+    /// # Errors
+    /// [`LoadError::Missing`] when there is no file, [`LoadError::Load`] when llama.cpp
+    /// rejects it.
+    pub fn load(path: &Path, config: EngineConfig) -> Result<Self, LoadError> {
+        if !path.is_file() {
+            return Err(LoadError::Missing(path.to_path_buf()));
+        }
+        let backend = backend();
+        let gpu_layers = config
+            .gpu_layers
+            .unwrap_or(if backend.supports_gpu_offload() {
+                999
+            } else {
+                0
+            });
+        let params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
+        let model =
+            LlamaModel::load_from_file(backend, path, &params).map_err(|e| LoadError::Load {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        let train = model.n_ctx_train().max(1);
+        let n_ctx = match config.context_size {
+            Some(0) => train,
+            Some(n) => n,
+            None => train.min(DEFAULT_MAX_CONTEXT),
+        };
+        let name = model
+            .meta_val_str("general.name")
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+            .or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".to_owned());
+        let format = pick_format(&model);
+        tracing::info!(
+            model = %name,
+            path = %path.display(),
+            n_ctx,
+            n_ctx_train = train,
+            threads = config.threads,
+            gpu_layers,
+            prompt_format = format.name(),
+            "model loaded"
+        );
+        Ok(Self {
+            model: Arc::new(model),
+            format,
+            n_ctx,
+            name,
+            on_gpu: gpu_layers > 0 && backend.supports_gpu_offload(),
+            config,
+            slot: Arc::new(Mutex::new(())),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// Context size of each chat, in tokens.
+    #[must_use]
+    pub fn context_size(&self) -> u32 {
+        self.n_ctx
+    }
+
+    /// Which prompt format the model got: `llama.cpp built-in`, `jinja (minijinja)`
+    /// or `ChatML fallback`.
+    #[must_use]
+    pub fn prompt_format(&self) -> &'static str {
+        self.format.name()
+    }
+
+    /// The shared model.
+    #[must_use]
+    pub fn model(&self) -> &Arc<LlamaModel> {
+        &self.model
+    }
+
+    /// Renders the chat (system prompt, user prompt) into the model's prompt text,
+    /// ending with the assistant's opening tag.
+    ///
+    /// # Errors
+    /// [`ChatError::Template`] when the template fails on these messages.
+    pub fn render_prompt(&self, system_prompt: &str, prompt: &str) -> Result<String, ChatError> {
+        let messages = template::chat_messages(system_prompt, prompt);
+        match &self.format {
+            PromptFormat::Builtin(tmpl) => {
+                let chat = to_llama_messages(&messages)?;
+                self.model
+                    .apply_chat_template(tmpl, &chat, true)
+                    .map_err(|e| ChatError::Template(format!("chat template: {e}")))
+            }
+            PromptFormat::Jinja(tmpl) => tmpl
+                .render(&messages, true)
+                .map_err(|e| ChatError::Template(e.to_string())),
+            PromptFormat::ChatMl => Ok(template::chatml(&messages)),
+        }
+    }
+
+    /// Tokenizes rendered prompt text: special tokens in it are parsed, and BOS is
+    /// prepended when the model wants one and the template did not write it.
+    #[must_use]
+    pub fn tokenize(&self, text: &str) -> Vec<LlamaToken> {
+        let vocab = self.model.vocab();
+        let mut tokens = vocab.tokenize(text.as_bytes(), false, true);
+        let bos = vocab.bos();
+        if vocab.should_add_bos() && tokens.first() != Some(&bos) {
+            tokens.insert(0, bos);
+        }
+        tokens
+    }
+}
+
+fn to_llama_messages(messages: &[Message]) -> Result<Vec<LlamaChatMessage>, ChatError> {
+    messages
+        .iter()
+        .map(|m| {
+            LlamaChatMessage::new(m.role.clone(), m.content.clone())
+                .map_err(|e| ChatError::InvalidRequest(format!("message text: {e}")))
+        })
+        .collect()
+}
+
+/// Built-in if llama.cpp recognises the template, else Jinja if minijinja can render
+/// it, else ChatML.
+fn pick_format(model: &LlamaModel) -> PromptFormat {
+    let Ok(tmpl) = model.chat_template(None) else {
+        tracing::info!("the model has no chat template; using ChatML");
+        return PromptFormat::ChatMl;
+    };
+    let probe = template::chat_messages("You are helpful.", "Hello");
+    if let Ok(chat) = to_llama_messages(&probe) {
+        if model.apply_chat_template(&tmpl, &chat, true).is_ok() {
+            return PromptFormat::Builtin(tmpl);
+        }
+    }
+    let source = tmpl.to_string().unwrap_or_default();
+    let token_text = |t: LlamaToken| {
+        let vocab = model.vocab();
+        String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
+    };
+    let vocab = model.vocab();
+    let (bos, eos) = (token_text(vocab.bos()), token_text(vocab.eos()));
+    match JinjaTemplate::new(&source, bos, eos).and_then(|t| t.render(&probe, true).map(|_| t)) {
+        Ok(t) => PromptFormat::Jinja(Box::new(t)),
+        Err(e) => {
+            tracing::warn!(error = %e, "the model's chat template cannot be rendered; using ChatML");
+            PromptFormat::ChatMl
+        }
+    }
+}
+
+impl Generator for LlamaEngine {
+    fn start(&self, request: ChatRequest) -> Result<Generation, ChatError> {
+        request.validate()?;
+        let text = self.render_prompt(&request.system_prompt, &request.prompt)?;
+        let tokens = self.tokenize(&text);
+        let prompt_tokens = tokens.len() as u32;
+        let context = self.n_ctx;
+        if prompt_tokens >= context {
+            return Err(ChatError::PromptTooLong {
+                prompt_tokens,
+                context,
+            });
+        }
+        let room = context - prompt_tokens;
+        let max_tokens = match request.max_tokens {
+            0 => room,
+            n if n > room => {
+                return Err(ChatError::MaxTokensBeyondContext {
+                    max_tokens: n,
+                    prompt_tokens,
+                    context,
+                })
+            }
+            n => n,
+        };
+        // Count this chat in before spawning; the thread counts itself out.
+        let in_flight = self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if in_flight > self.config.max_waiting {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Err(ChatError::Busy(in_flight));
+        }
+
+        let seed = request.seed.unwrap_or_else(random_seed);
+        let job = Job {
+            model: Arc::clone(&self.model),
+            tokens,
+            max_tokens,
+            n_ctx: context,
+            threads: self.config.threads.max(1) as i32,
+            n_batch: self.config.batch_size.clamp(1, context),
+            temperature: request.temperature,
+            top_p: request.top_p,
+            top_k: request.top_k,
+            seed,
+            stop: request.stop,
+        };
+        let (sink, generation) = Generation::channel();
+        let slot = Arc::clone(&self.slot);
+        let counter = Arc::clone(&self.in_flight);
+        let spawned = std::thread::Builder::new()
+            .name("llama-generate".into())
+            .spawn(move || {
+                {
+                    let _slot = slot.lock();
+                    job.run(sink);
+                }
+                counter.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Err(ChatError::Engine(format!(
+                "cannot start a generation thread: {e}"
+            )));
+        }
+        Ok(generation)
+    }
+
+    fn model_name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn inference_device(&self) -> String {
+        if self.on_gpu { "GPU" } else { "CPU" }.to_owned()
+    }
+}
+
+fn random_seed() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS per process and per instance.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() as u32
+}
+
+/// Everything a generation thread needs, checked and moved in.
+struct Job {
+    model: Arc<LlamaModel>,
+    tokens: Vec<LlamaToken>,
+    /// Already checked: `tokens.len() + max_tokens <= n_ctx`.
+    max_tokens: u32,
+    n_ctx: u32,
+    threads: i32,
+    n_batch: u32,
+    temperature: f32,
+    top_p: f32,
+    top_k: u32,
+    seed: u32,
+    stop: Vec<String>,
+}
+
+/// Running totals of one generation.
+struct Progress {
+    started: Instant,
+    prompt_done: Option<Instant>,
+    first_token: Option<Instant>,
+    completion_tokens: u32,
+}
+
+impl Job {
+    fn run(self, sink: GenerationSink) {
+        let mut progress = Progress {
+            started: Instant::now(),
+            prompt_done: None,
+            first_token: None,
+            completion_tokens: 0,
+        };
+        let result = self.generate(&sink, &mut progress);
+        match result {
+            Ok(stop_reason) => {
+                let summary = self.summary(stop_reason, &progress);
+                tracing::debug!(?summary, "generation finished");
+                sink.done(summary);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "generation failed");
+                sink.fail(e);
+            }
+        }
+    }
+
+    fn summary(&self, stop_reason: StopReason, p: &Progress) -> Summary {
+        let end = Instant::now();
+        let gen_secs = p
+            .prompt_done
+            .map_or(0.0, |t| end.duration_since(t).as_secs_f64());
+        let tokens_per_second = if p.completion_tokens > 0 && gen_secs > 0.0 {
+            (f64::from(p.completion_tokens) / gen_secs * 10.0).round() / 10.0
+        } else {
+            0.0
+        };
+        let ttft = p.first_token.map_or(0.0, |t| {
+            (t.duration_since(p.started).as_secs_f64() * 100_000.0).round() / 100.0
+        });
+        Summary {
+            stop_reason,
+            prompt_tokens: self.tokens.len() as u32,
+            completion_tokens: p.completion_tokens,
+            inference_ms: end.duration_since(p.started).as_millis() as u64,
+            tokens_per_second,
+            time_to_first_token_ms: ttft,
+            seed: self.seed,
+        }
+    }
+
+    fn sampler(&self) -> LlamaSampler {
+        if self.temperature <= 0.0 {
+            return LlamaSampler::greedy();
+        }
+        // llama.cpp's own order: truncate (top-k, top-p), then temperature, then draw.
+        let mut chain = Vec::with_capacity(4);
+        if self.top_k > 0 {
+            chain.push(LlamaSampler::top_k(self.top_k.min(i32::MAX as u32) as i32));
+        }
+        if self.top_p < 1.0 {
+            chain.push(LlamaSampler::top_p(self.top_p, 1));
+        }
+        chain.push(LlamaSampler::temp(self.temperature));
+        chain.push(LlamaSampler::dist(self.seed));
+        LlamaSampler::chain_simple(chain)
+    }
+
+    fn context(&self) -> Result<LlamaContext<'_>, ChatError> {
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(self.n_ctx))
+            .with_n_batch(self.n_batch)
+            .with_n_ubatch(self.n_batch)
+            .with_n_threads(self.threads)
+            .with_n_threads_batch(self.threads);
+        let _guard = NEW_CONTEXT.lock();
+        self.model.new_context(backend(), params).map_err(|e| {
+            ChatError::Engine(format!(
+                "cannot create a context of {} tokens: {e}",
+                self.n_ctx
+            ))
+        })
+    }
+
+    fn generate(&self, sink: &GenerationSink, p: &mut Progress) -> Result<StopReason, ChatError> {
+        if sink.is_cancelled() {
+            return Ok(StopReason::Cancelled);
+        }
+        let mut ctx = self.context()?;
+        let decode_err = |e: llama_cpp_2::DecodeError| ChatError::Engine(format!("decode: {e}"));
+        let mut batch = LlamaBatch::new(self.n_batch as usize, 1);
+
+        // The prompt, in chunks of n_batch; logits only for its last token.
+        let n_prompt = self.tokens.len();
+        let mut last_index = 0;
+        for (chunk_no, chunk) in self.tokens.chunks(self.n_batch as usize).enumerate() {
+            if sink.is_cancelled() {
+                return Ok(StopReason::Cancelled);
+            }
+            batch.clear();
+            let base = chunk_no * self.n_batch as usize;
+            for (i, token) in chunk.iter().enumerate() {
+                let pos = base + i;
+                let is_last = pos + 1 == n_prompt;
+                batch
+                    .add(*token, pos as i32, &[0], is_last)
+                    .map_err(|e| ChatError::Engine(format!("batch: {e}")))?;
+            }
+            ctx.decode(&mut batch).map_err(decode_err)?;
+            last_index = batch.n_tokens() - 1;
+        }
+        p.prompt_done = Some(Instant::now());
+
+        let vocab = self.model.vocab();
+        let mut sampler = self.sampler();
+        let mut utf8 = Utf8Stream::new();
+        let mut stops = StopFilter::new(&self.stop);
+        let mut piece = Vec::with_capacity(32);
+        let mut pos = n_prompt as i32;
+
+        let reason = loop {
+            if sink.is_cancelled() {
+                break StopReason::Cancelled;
+            }
+            // `sample` also accepts the token into the sampler state.
+            let token = sampler.sample(&ctx, last_index);
+            p.first_token.get_or_insert_with(Instant::now);
+            if vocab.is_eog(token) {
+                break StopReason::Completed;
+            }
+            p.completion_tokens += 1;
+
+            piece.clear();
+            // Control tokens render as nothing; normal pieces and bytes as text.
+            vocab.token_to_piece_into(token, &mut piece, false, None);
+            let step = stops.push(&utf8.push(&piece));
+            if !sink.piece(step.emit) {
+                break StopReason::Cancelled;
+            }
+            if step.stopped {
+                break StopReason::Stop;
+            }
+            if p.completion_tokens >= self.max_tokens {
+                break StopReason::Length;
+            }
+            if sink.is_cancelled() {
+                break StopReason::Cancelled;
+            }
+
+            batch.clear();
+            batch
+                .add(token, pos, &[0], true)
+                .map_err(|e| ChatError::Engine(format!("batch: {e}")))?;
+            pos += 1;
+            ctx.decode(&mut batch).map_err(decode_err)?;
+            last_index = 0;
+        };
+
+        if reason != StopReason::Stop {
+            // Release an incomplete character and text held back as a possible stop.
+            let tail = stops.push(&utf8.finish());
+            let mut rest = tail.emit;
+            if !tail.stopped {
+                rest.push_str(&stops.finish());
+            }
+            sink.piece(rest);
+        }
+        Ok(reason)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::gguf::{write_demo_model, DemoModelSpec};
+    use std::sync::LazyLock;
+
+    /// Threads per test generation: tests run in parallel on few shared cores.
+    const TEST_THREADS: u32 = 1;
+
+    pub(crate) struct TestModel {
+        _dir: tempfile::TempDir,
+        pub engine: LlamaEngine,
+    }
+
+    pub(crate) fn load_demo(spec: &DemoModelSpec, context_size: Option<u32>) -> TestModel {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("demo.gguf");
+        write_demo_model(&path, spec).unwrap();
+        let engine = LlamaEngine::load(
+            &path,
+            EngineConfig {
+                threads: TEST_THREADS,
+                context_size,
+                batch_size: 64,
+                ..EngineConfig::default()
+            },
+        )
+        .unwrap();
+        TestModel { _dir: dir, engine }
+    }
+
+    /// One tiny model shared by the tests that only need *a* model.
+    pub(crate) static TINY: LazyLock<TestModel> =
+        LazyLock::new(|| load_demo(&DemoModelSpec::tiny(), None));
+
+    fn req(max_tokens: u32, temperature: f32, seed: u32) -> ChatRequest {
+        ChatRequest {
+            prompt: "Tell me about the stars.".into(),
+            system_prompt: "You are a helpful assistant.".into(),
+            max_tokens,
+            temperature,
+            seed: Some(seed),
+            ..ChatRequest::default()
+        }
+    }
+
+    fn run(request: ChatRequest) -> (String, Summary) {
+        TINY.engine.start(request).unwrap().wait().unwrap()
+    }
+
+    #[test]
+    fn a_chat_produces_a_non_empty_reply_and_a_summary() {
+        let (reply, s) = run(req(48, 0.8, 1));
+        assert!(!reply.trim().is_empty(), "empty reply");
+        assert_eq!(s.stop_reason, StopReason::Length);
+        assert_eq!(s.completion_tokens, 48);
+        assert!(s.prompt_tokens > 10, "prompt_tokens {}", s.prompt_tokens);
+        assert!(s.tokens_per_second > 0.0);
+        assert!(s.time_to_first_token_ms > 0.0);
+        assert_eq!(s.seed, 1);
+        eprintln!(
+            "tiny model: {:.0} tokens/s, first token after {:.2} ms, reply {reply:?}",
+            s.tokens_per_second, s.time_to_first_token_ms
+        );
+    }
+
+    #[test]
+    fn max_tokens_is_honoured_exactly() {
+        for n in [1, 7, 100] {
+            let (_, s) = run(req(n, 1.0, 3));
+            assert_eq!(s.completion_tokens, n);
+            assert_eq!(s.stop_reason, StopReason::Length);
+        }
+    }
+
+    #[test]
+    fn max_tokens_zero_fills_the_context() {
+        let m = load_demo(&DemoModelSpec::tiny(), Some(128));
+        let (_, s) = m.engine.start(req(0, 1.0, 3)).unwrap().wait().unwrap();
+        assert_eq!(s.stop_reason, StopReason::Length);
+        assert_eq!(s.prompt_tokens + s.completion_tokens, 128);
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_reply_and_another_seed_another() {
+        let (a, _) = run(req(40, 1.0, 11));
+        let (b, _) = run(req(40, 1.0, 11));
+        let (c, _) = run(req(40, 1.0, 12));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn temperature_zero_is_greedy_and_ignores_the_seed() {
+        let (a, _) = run(req(30, 0.0, 1));
+        let (b, _) = run(req(30, 0.0, 999));
+        assert_eq!(a, b);
+        assert!(!a.is_empty());
+    }
+
+    #[test]
+    fn cancel_stops_generation_within_one_token_and_the_next_chat_works() {
+        let generation = TINY.engine.start(req(0, 1.0, 5)).unwrap();
+        // Wait for the reply to be under way.
+        let mut received = 0u32;
+        while received < 3 {
+            match generation.recv() {
+                GenerationEvent::Piece(_) => received += 1,
+                other => panic!("ended early: {other:?}"),
+            }
+        }
+        generation.cancel();
+        let mut after_cancel = 0u32;
+        let summary = loop {
+            match generation.recv() {
+                GenerationEvent::Piece(_) => after_cancel += 1,
+                GenerationEvent::Done(s) => break s,
+                GenerationEvent::Failed(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(summary.stop_reason, StopReason::Cancelled);
+        // Pieces already queued (at most the channel's capacity) plus the one being
+        // produced when the flag was set, and nothing more.
+        let limit = EVENT_CHANNEL_CAPACITY as u32 + 1;
+        assert!(after_cancel <= limit, "{after_cancel} pieces after cancel");
+        assert!(summary.completion_tokens <= received + limit);
+        assert!(summary.completion_tokens < 1000 - summary.prompt_tokens);
+
+        let (reply, s) = run(req(10, 1.0, 5));
+        assert_eq!(s.completion_tokens, 10);
+        assert!(!reply.is_empty());
+    }
+
+    #[test]
+    fn dropping_a_generation_cancels_it_and_frees_the_engine() {
+        let m = load_demo(&DemoModelSpec::tiny(), None);
+        let g = m.engine.start(req(0, 1.0, 5)).unwrap();
+        drop(g);
+        let started = Instant::now();
+        let (_, s) = m.engine.start(req(5, 1.0, 5)).unwrap().wait().unwrap();
+        assert_eq!(s.completion_tokens, 5);
+        // A full-context reply would take far longer than a cancelled one.
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(m.engine.in_flight.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_prompt_longer_than_the_context_is_refused_before_decoding() {
+        let prompt = "the quick brown fox ".repeat(400);
+        let err = TINY.engine.start(ChatRequest::new(prompt)).unwrap_err();
+        match &err {
+            ChatError::PromptTooLong {
+                prompt_tokens,
+                context,
+            } => {
+                assert_eq!(*context, 1024);
+                assert!(*prompt_tokens > 1024);
+            }
+            other => panic!("{other:?}"),
+        }
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("prompt is ") && msg.contains("but the context holds 1024"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn max_tokens_beyond_the_context_is_refused() {
+        let err = TINY.engine.start(req(5000, 0.5, 1)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ChatError::MaxTokensBeyondContext {
+                    max_tokens: 5000,
+                    context: 1024,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("context holds 1024"), "{err}");
+    }
+
+    #[test]
+    fn stop_strings_end_the_reply_before_them() {
+        let (full, _) = run(req(60, 1.0, 21));
+        // Pick a stop string from the middle of the reply.
+        let chars: Vec<char> = full.chars().collect();
+        assert!(chars.len() > 30, "reply too short: {full:?}");
+        let stop: String = chars[20..24].iter().collect();
+        let expected = &full[..full.find(&stop).unwrap()];
+
+        let mut r = req(60, 1.0, 21);
+        r.stop = vec!["never appears \u{1}".into(), stop.clone()];
+        let (reply, s) = run(r);
+        assert_eq!(s.stop_reason, StopReason::Stop);
+        assert_eq!(reply, expected, "stop {stop:?}");
+        assert!(!reply.contains(&stop));
+        assert!(s.completion_tokens < 60);
+    }
+
+    #[test]
+    fn an_end_of_generation_token_completes_the_reply() {
+        let spec = DemoModelSpec {
+            eog_bias: 20.0,
+            ..DemoModelSpec::tiny()
+        };
+        let m = load_demo(&spec, None);
+        let (reply, s) = m.engine.start(req(50, 0.8, 1)).unwrap().wait().unwrap();
+        assert_eq!(s.stop_reason, StopReason::Completed);
+        assert_eq!(s.completion_tokens, 0);
+        assert_eq!(reply, "");
+    }
+
+    #[test]
+    fn invalid_requests_are_refused() {
+        let mut r = req(5, -1.0, 1);
+        assert!(
+            matches!(TINY.engine.start(r.clone()), Err(ChatError::InvalidRequest(m)) if m.contains("temperature"))
+        );
+        r.temperature = 0.5;
+        r.prompt = " ".into();
+        assert!(
+            matches!(TINY.engine.start(r), Err(ChatError::InvalidRequest(m)) if m.contains("prompt"))
+        );
+    }
+
+    #[test]
+    fn the_demo_model_uses_its_chatml_template_through_llama_cpp() {
+        assert_eq!(TINY.engine.prompt_format(), "llama.cpp built-in");
+        let text = TINY.engine.render_prompt("Sys", "Hi").unwrap();
+        assert_eq!(
+            text,
+            template::chatml(&template::chat_messages("Sys", "Hi"))
+        );
+        // Control tokens are parsed as single tokens, and BOS is prepended.
+        let tokens = TINY.engine.tokenize(&text);
+        let vocab = TINY.engine.model().vocab();
+        assert_eq!(tokens[0], vocab.bos());
+        let im_start = tokens.iter().filter(|t| vocab.is_control(**t)).count();
+        assert_eq!(im_start, 1 + 5, "BOS + 3 <|im_start|> + 2 <|im_end|>");
+    }
+
+    #[test]
+    fn a_model_without_a_template_falls_back_to_chatml() {
+        let spec = DemoModelSpec {
+            chat_template: None,
+            ..DemoModelSpec::tiny()
+        };
+        let m = load_demo(&spec, None);
+        assert_eq!(m.engine.prompt_format(), "ChatML fallback");
+        let text = m.engine.render_prompt("", "x").unwrap();
+        assert_eq!(
+            text,
+            "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let (_, s) = m.engine.start(req(5, 0.5, 1)).unwrap().wait().unwrap();
+        assert_eq!(s.completion_tokens, 5);
+    }
+
+    #[test]
+    fn a_template_llama_cpp_does_not_know_is_rendered_with_minijinja() {
+        let spec = DemoModelSpec {
+            chat_template: Some(
+                "{{ bos_token }}{% for m in messages %}<<{{ m['role'] | upper }}>> {{ m['content'].strip() }}\n{% endfor %}{% if add_generation_prompt %}<<ASSISTANT>> {% endif %}".into(),
+            ),
+            ..DemoModelSpec::tiny()
+        };
+        let m = load_demo(&spec, None);
+        assert_eq!(m.engine.prompt_format(), "jinja (minijinja)");
+        let text = m.engine.render_prompt("Sys ", " Hi").unwrap();
+        assert_eq!(text, "<s><<SYSTEM>> Sys\n<<USER>> Hi\n<<ASSISTANT>> ");
+        // The template wrote BOS, so it is not added a second time.
+        let tokens = m.engine.tokenize(&text);
+        let bos = m.engine.model().vocab().bos();
+        assert_eq!(tokens.iter().filter(|t| **t == bos).count(), 1);
+    }
+}

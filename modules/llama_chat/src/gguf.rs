@@ -1,0 +1,900 @@
+//! A small GGUF v3 writer and a generator of random-weight demo models.
+//!
+//! The file format is llama.cpp's GGUF, version 3 (see `ggml/docs/gguf.md` in the
+//! llama.cpp repository): a header (`"GGUF"`, version, tensor count, key-value count),
+//! the key-value metadata, the tensor infos (name, dimensions, ggml type, offset), then
+//! the tensor data, each tensor aligned to [`ALIGNMENT`] bytes. Everything is
+//! little-endian. This writer emits `F32` tensors only; [`quantize`] turns such a file
+//! into `Q8_0` with llama.cpp's own `llama_model_quantize`.
+//!
+//! [`write_demo_model`] builds a llama-architecture model that llama.cpp loads and runs
+//! but that knows nothing: its weights are random (deterministic from a seed), so it
+//! answers with word salad. It exists so that the module, its tests and a benchmark can
+//! run without downloading gigabytes. See [`DemoModelSpec`] for its vocabulary and the
+//! trick that keeps end-of-generation tokens from ending replies early.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// Alignment of the tensor data section and of each tensor in it (GGUF's default).
+pub const ALIGNMENT: u64 = 32;
+
+const GGUF_MAGIC: &[u8; 4] = b"GGUF";
+const GGUF_VERSION: u32 = 3;
+/// ggml type id of 32-bit float tensors.
+const GGML_TYPE_F32: u32 = 0;
+/// llama.cpp file type "all F32" for `general.file_type`.
+const LLAMA_FTYPE_ALL_F32: u32 = 0;
+
+/// Errors of the GGUF writer, the demo-model generator and [`quantize`].
+#[derive(Debug, thiserror::Error)]
+pub enum GgufError {
+    /// The file could not be created or written.
+    #[error("cannot write GGUF file {path}: {source}")]
+    Io {
+        /// File being written.
+        path: PathBuf,
+        /// Underlying I/O error.
+        source: std::io::Error,
+    },
+    /// A tensor's data length does not match the product of its dimensions.
+    #[error("tensor {name}: {len} values given but the shape {dims:?} needs {expected}")]
+    ShapeMismatch {
+        /// Tensor name.
+        name: String,
+        /// Dimensions (`ne[0]` first, the fastest-varying one).
+        dims: Vec<u64>,
+        /// Number of values the dimensions imply.
+        expected: u64,
+        /// Number of values given.
+        len: u64,
+    },
+    /// The model shape is not usable (for example the heads do not divide the embedding).
+    #[error("invalid demo model shape: {0}")]
+    InvalidSpec(String),
+    /// llama.cpp's quantizer failed.
+    #[error("llama_model_quantize failed with status {status} for {input} -> {output}")]
+    Quantize {
+        /// Source file (F32).
+        input: PathBuf,
+        /// Destination file.
+        output: PathBuf,
+        /// Non-zero return value of `llama_model_quantize`.
+        status: u32,
+    },
+}
+
+/// A metadata value. Only the types the demo model needs are represented.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaValue {
+    /// GGUF type 4, `UINT32`.
+    U32(u32),
+    /// GGUF type 5, `INT32`.
+    I32(i32),
+    /// GGUF type 6, `FLOAT32`.
+    F32(f32),
+    /// GGUF type 7, `BOOL`.
+    Bool(bool),
+    /// GGUF type 8, `STRING` (UTF-8, u64 length prefix, no terminator).
+    Str(String),
+    /// GGUF type 9 `ARRAY` of `STRING`.
+    StrArray(Vec<String>),
+    /// GGUF type 9 `ARRAY` of `FLOAT32`.
+    F32Array(Vec<f32>),
+    /// GGUF type 9 `ARRAY` of `INT32`.
+    I32Array(Vec<i32>),
+}
+
+impl MetaValue {
+    const fn type_id(&self) -> u32 {
+        match self {
+            Self::U32(_) => 4,
+            Self::I32(_) => 5,
+            Self::F32(_) => 6,
+            Self::Bool(_) => 7,
+            Self::Str(_) => 8,
+            Self::StrArray(_) | Self::F32Array(_) | Self::I32Array(_) => 9,
+        }
+    }
+}
+
+/// Fills a tensor's values (row-major, `ne[0]` fastest) when the file is written.
+type Fill = Box<dyn FnOnce(&mut [f32]) + Send>;
+
+struct PendingTensor {
+    name: String,
+    /// `ne[0]`, `ne[1]`, ... as GGUF stores them (`ne[0]` is the row length).
+    dims: Vec<u64>,
+    fill: Fill,
+}
+
+impl PendingTensor {
+    fn n_values(&self) -> u64 {
+        self.dims.iter().product()
+    }
+}
+
+/// Builds a GGUF v3 file: metadata plus `F32` tensors.
+///
+/// Tensor values are produced by closures run at [`GgufWriter::write`] time, one
+/// tensor at a time, so a multi-gigabyte model never has to sit in memory.
+#[derive(Default)]
+pub struct GgufWriter {
+    kvs: Vec<(String, MetaValue)>,
+    tensors: Vec<PendingTensor>,
+}
+
+impl std::fmt::Debug for GgufWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufWriter")
+            .field("kvs", &self.kvs.len())
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+impl GgufWriter {
+    /// An empty file description.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a metadata key; keys are written in insertion order.
+    pub fn add_kv(&mut self, key: impl Into<String>, value: MetaValue) {
+        self.kvs.push((key.into(), value));
+    }
+
+    /// Adds an `F32` tensor with the given values.
+    ///
+    /// `dims` is in GGUF order: `dims[0]` is the row length (a weight matrix that maps
+    /// `n_in` inputs to `n_out` outputs is `[n_in, n_out]`).
+    ///
+    /// # Errors
+    /// [`GgufError::ShapeMismatch`] when `data.len()` is not the product of `dims`.
+    pub fn add_tensor(
+        &mut self,
+        name: impl Into<String>,
+        dims: &[u64],
+        data: Vec<f32>,
+    ) -> Result<(), GgufError> {
+        let name = name.into();
+        let expected: u64 = dims.iter().product();
+        if expected != data.len() as u64 {
+            return Err(GgufError::ShapeMismatch {
+                name,
+                dims: dims.to_vec(),
+                expected,
+                len: data.len() as u64,
+            });
+        }
+        self.add_tensor_with(name, dims, move |out| out.copy_from_slice(&data));
+        Ok(())
+    }
+
+    /// Adds an `F32` tensor whose values `fill` writes into a zeroed buffer of the
+    /// tensor's size when the file is written.
+    pub fn add_tensor_with(
+        &mut self,
+        name: impl Into<String>,
+        dims: &[u64],
+        fill: impl FnOnce(&mut [f32]) + Send + 'static,
+    ) {
+        self.tensors.push(PendingTensor {
+            name: name.into(),
+            dims: dims.to_vec(),
+            fill: Box::new(fill),
+        });
+    }
+
+    /// Writes the file.
+    ///
+    /// # Errors
+    /// [`GgufError::Io`] when the file cannot be created or written.
+    pub fn write(self, path: &Path) -> Result<(), GgufError> {
+        let io = |source| GgufError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::create(path).map_err(io)?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        self.write_to(&mut out).map_err(io)?;
+        out.flush().map_err(io)?;
+        out.into_inner()
+            .map_err(|e| io(e.into_error()))?
+            .sync_all()
+            .map_err(io)
+    }
+
+    /// Writes the file to any sink.
+    ///
+    /// # Errors
+    /// Whatever the sink returns.
+    pub fn write_to(self, out: &mut impl Write) -> std::io::Result<()> {
+        // Counts what was written, for the padding before the data section.
+        let mut written: u64 = 0;
+        let mut put = |out: &mut dyn Write, bytes: &[u8]| -> std::io::Result<u64> {
+            written += bytes.len() as u64;
+            out.write_all(bytes).map(|()| written)
+        };
+
+        put(out, GGUF_MAGIC)?;
+        put(out, &GGUF_VERSION.to_le_bytes())?;
+        put(out, &(self.tensors.len() as u64).to_le_bytes())?;
+        put(out, &(self.kvs.len() as u64).to_le_bytes())?;
+        for (key, value) in &self.kvs {
+            put(out, &encode_str(key))?;
+            put(out, &value.type_id().to_le_bytes())?;
+            put(out, &encode_value(value))?;
+        }
+
+        // Tensor infos: offsets are relative to the start of the data section.
+        let mut offset: u64 = 0;
+        for tensor in &self.tensors {
+            put(out, &encode_str(&tensor.name))?;
+            put(out, &(tensor.dims.len() as u32).to_le_bytes())?;
+            for dim in &tensor.dims {
+                put(out, &dim.to_le_bytes())?;
+            }
+            put(out, &GGML_TYPE_F32.to_le_bytes())?;
+            put(out, &offset.to_le_bytes())?;
+            offset = align(offset + tensor.n_values() * 4);
+        }
+
+        let zeros = [0u8; ALIGNMENT as usize];
+        let header_len = put(out, &[])?;
+        let pad = (align(header_len) - header_len) as usize;
+        put(out, &zeros[..pad])?;
+
+        let mut buffer: Vec<f32> = Vec::new();
+        let mut bytes: Vec<u8> = Vec::new();
+        for tensor in self.tensors {
+            let n = tensor.n_values() as usize;
+            buffer.clear();
+            buffer.resize(n, 0.0);
+            (tensor.fill)(&mut buffer);
+            bytes.clear();
+            bytes.extend(buffer.iter().flat_map(|v| v.to_le_bytes()));
+            let pad = (align(n as u64 * 4) - n as u64 * 4) as usize;
+            put(out, &bytes)?;
+            put(out, &zeros[..pad])?;
+        }
+        Ok(())
+    }
+}
+
+const fn align(n: u64) -> u64 {
+    n.div_ceil(ALIGNMENT) * ALIGNMENT
+}
+
+fn encode_str(s: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + s.len());
+    v.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    v.extend_from_slice(s.as_bytes());
+    v
+}
+
+fn encode_value(value: &MetaValue) -> Vec<u8> {
+    match value {
+        MetaValue::U32(v) => v.to_le_bytes().to_vec(),
+        MetaValue::I32(v) => v.to_le_bytes().to_vec(),
+        MetaValue::F32(v) => v.to_le_bytes().to_vec(),
+        MetaValue::Bool(v) => vec![u8::from(*v)],
+        MetaValue::Str(s) => encode_str(s),
+        MetaValue::StrArray(items) => {
+            let mut v = array_header(8, items.len());
+            for item in items {
+                v.extend(encode_str(item));
+            }
+            v
+        }
+        MetaValue::F32Array(items) => {
+            let mut v = array_header(6, items.len());
+            v.extend(items.iter().flat_map(|x| x.to_le_bytes()));
+            v
+        }
+        MetaValue::I32Array(items) => {
+            let mut v = array_header(5, items.len());
+            v.extend(items.iter().flat_map(|x| x.to_le_bytes()));
+            v
+        }
+    }
+}
+
+fn array_header(elem_type: u32, len: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(12);
+    v.extend_from_slice(&elem_type.to_le_bytes());
+    v.extend_from_slice(&(len as u64).to_le_bytes());
+    v
+}
+
+/// Tensor storage of a generated demo model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoQuantization {
+    /// Plain 32-bit floats, as written by [`GgufWriter`].
+    F32,
+    /// llama.cpp's 8-bit block quantization (written as F32, then [`quantize`]d).
+    Q8_0,
+}
+
+/// Shape and seed of a random-weight llama-architecture demo model.
+///
+/// The vocabulary is llama.cpp's SentencePiece flavour (`tokenizer.ggml.model =
+/// "llama"`): `<unk>`, `<s>`, `</s>`, the 256 byte-fallback tokens `<0x00>`..`<0xFF>`,
+/// the ChatML control tokens `<|im_start|>` and `<|im_end|>`, then `▁` (the SentencePiece
+/// space), printable ASCII, a few multi-byte characters and some English words (with all
+/// their prefixes, so that SentencePiece's pairwise merges can reach them). The chat
+/// template is ChatML, which llama.cpp's built-in detector recognises.
+///
+/// Random weights give random logits; to keep end-of-generation tokens from ending
+/// replies after a few tokens, dimension 0 of the residual stream is held at a positive
+/// constant (every embedding has it, no layer writes to it), and the output row of each
+/// end-of-generation token reads only that dimension, scaled by [`Self::eog_bias`]. Its
+/// logit is then about `eog_bias * 1.5`: strongly negative means never, strongly
+/// positive means at once. Control and byte tokens get the same treatment with a
+/// fixed negative bias so that replies are made of readable pieces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemoModelSpec {
+    /// `general.name` in the file.
+    pub name: String,
+    /// Embedding width (`llama.embedding_length`); a multiple of `n_head` and of 32.
+    pub n_embd: u32,
+    /// Number of transformer blocks (`llama.block_count`).
+    pub n_layer: u32,
+    /// Attention heads (`llama.attention.head_count`).
+    pub n_head: u32,
+    /// Key/value heads (`llama.attention.head_count_kv`); divides `n_head`.
+    pub n_head_kv: u32,
+    /// Feed-forward width (`llama.feed_forward_length`); a multiple of 32.
+    pub n_ff: u32,
+    /// Training context length (`llama.context_length`), in tokens.
+    pub context_length: u32,
+    /// Seed of the weights; the same spec always gives the same file.
+    pub seed: u64,
+    /// Logit offset of the end-of-generation tokens (`</s>`, `<|im_end|>`); see above.
+    pub eog_bias: f32,
+    /// Tensor storage.
+    pub quantization: DemoQuantization,
+    /// `tokenizer.chat_template`; `None` leaves the key out. Presets use
+    /// [`CHATML_TEMPLATE`].
+    pub chat_template: Option<String>,
+}
+
+impl DemoModelSpec {
+    /// 64 embd × 2 layers, 1024-token context, F32, about 0.6 MB: for tests and the
+    /// out-of-the-box demo. Generates thousands of tokens per second on one core and
+    /// never emits an end-of-generation token.
+    #[must_use]
+    pub fn tiny() -> Self {
+        Self {
+            name: "modhost demo tiny (random weights)".to_owned(),
+            n_embd: 64,
+            n_layer: 2,
+            n_head: 4,
+            n_head_kv: 4,
+            n_ff: 128,
+            context_length: 1024,
+            seed: 42,
+            eog_bias: -20.0,
+            quantization: DemoQuantization::F32,
+            chat_template: Some(CHATML_TEMPLATE.to_owned()),
+        }
+    }
+
+    /// About 0.54 billion parameters (2048 embd × 12 layers, grouped-query attention
+    /// 16/4 heads, FFN 5632), Q8_0 (about 0.6 GB; 2.2 GB of scratch space while
+    /// writing): memory-bound like a real small chat model, for benchmarks.
+    #[must_use]
+    pub fn bench() -> Self {
+        Self {
+            name: "modhost demo bench (random weights)".to_owned(),
+            n_embd: 2048,
+            n_layer: 12,
+            n_head: 16,
+            n_head_kv: 4,
+            n_ff: 5632,
+            context_length: 4096,
+            seed: 42,
+            eog_bias: -20.0,
+            quantization: DemoQuantization::Q8_0,
+            chat_template: Some(CHATML_TEMPLATE.to_owned()),
+        }
+    }
+
+    /// The named preset: `tiny` or `bench`.
+    #[must_use]
+    pub fn preset(name: &str) -> Option<Self> {
+        match name {
+            "tiny" => Some(Self::tiny()),
+            "bench" => Some(Self::bench()),
+            _ => None,
+        }
+    }
+
+    fn validate(&self) -> Result<(), GgufError> {
+        let bad = |m: String| Err(GgufError::InvalidSpec(m));
+        if self.n_embd == 0 || self.n_layer == 0 || self.n_head == 0 || self.n_ff == 0 {
+            return bad("n_embd, n_layer, n_head and n_ff must be positive".into());
+        }
+        if !self.n_embd.is_multiple_of(self.n_head) {
+            return bad(format!(
+                "n_head {} does not divide n_embd {}",
+                self.n_head, self.n_embd
+            ));
+        }
+        if self.n_head_kv == 0 || !self.n_head.is_multiple_of(self.n_head_kv) {
+            return bad(format!(
+                "n_head_kv {} does not divide n_head {}",
+                self.n_head_kv, self.n_head
+            ));
+        }
+        if !(self.n_embd / self.n_head).is_multiple_of(2) {
+            return bad("the head size must be even (rotary embedding)".into());
+        }
+        if self.quantization == DemoQuantization::Q8_0
+            && (!self.n_embd.is_multiple_of(32) || !self.n_ff.is_multiple_of(32))
+        {
+            return bad("Q8_0 needs n_embd and n_ff to be multiples of 32".into());
+        }
+        if self.context_length < 16 {
+            return bad("context_length must be at least 16".into());
+        }
+        Ok(())
+    }
+}
+
+/// Token type ids of `tokenizer.ggml.token_type` (llama.cpp's `llama_token_type`).
+mod token_type {
+    pub const NORMAL: i32 = 1;
+    pub const UNKNOWN: i32 = 2;
+    pub const CONTROL: i32 = 3;
+    pub const BYTE: i32 = 6;
+}
+
+/// How a token's output row is built.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Row {
+    /// Random weights: a normal piece.
+    Random,
+    /// Reads only the constant dimension, scaled by this bias.
+    Biased(f32),
+}
+
+/// Logit offset (before the ~1.5 scale) for control and byte tokens.
+const SUPPRESSED_BIAS: f32 = -20.0;
+/// Value of residual dimension 0 for every token (the "constant feature").
+const ANCHOR: f32 = 2.0;
+/// Standard deviation of the logits of normal pieces.
+const LOGIT_STD: f32 = 2.5;
+
+/// ChatML, the template of `tokenizer.chat_template` in demo models.
+pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+const WORDS: &[&str] = &[
+    "the", "a", "an", "and", "or", "but", "is", "are", "was", "be", "to", "of", "in", "on", "at",
+    "for", "with", "as", "by", "from", "that", "this", "it", "you", "we", "they", "I", "not",
+    "can", "will", "would", "should", "about", "there", "here", "what", "when", "where", "which",
+    "who", "how", "why", "all", "some", "more", "most", "very", "one", "two", "three", "many",
+    "time", "day", "year", "world", "way", "thing", "people", "model", "answer", "question",
+    "light", "star", "planet", "sun", "moon", "water", "river", "stone", "tree", "cloud", "music",
+    "story", "idea", "number", "system", "server", "module", "token", "small", "large", "quick",
+    "quiet", "bright", "warm", "cold", "new", "old", "good", "simple", "random", "think", "know",
+    "see", "make", "find", "give", "tell", "help", "say", "go", "come", "run", "read", "write",
+    "Hello", "Yes", "No", "Perhaps", "Indeed",
+];
+
+const EXTRA_CHARS: &[&str] = &["é", "ü", "ß", "—", "…", "’", "日", "本", "🙂"];
+
+struct Vocab {
+    tokens: Vec<String>,
+    scores: Vec<f32>,
+    types: Vec<i32>,
+    rows: Vec<Row>,
+}
+
+fn demo_vocab(eog_bias: f32) -> Vocab {
+    let mut v = Vocab {
+        tokens: Vec::new(),
+        scores: Vec::new(),
+        types: Vec::new(),
+        rows: Vec::new(),
+    };
+    let push = |v: &mut Vocab, text: String, score: f32, ty: i32, row: Row| {
+        if !v.tokens.contains(&text) {
+            v.tokens.push(text);
+            v.scores.push(score);
+            v.types.push(ty);
+            v.rows.push(row);
+        }
+    };
+    let suppressed = Row::Biased(SUPPRESSED_BIAS);
+    push(&mut v, "<unk>".into(), 0.0, token_type::UNKNOWN, suppressed);
+    push(&mut v, "<s>".into(), 0.0, token_type::CONTROL, suppressed);
+    push(
+        &mut v,
+        "</s>".into(),
+        0.0,
+        token_type::CONTROL,
+        Row::Biased(eog_bias),
+    );
+    for b in 0..=255u8 {
+        push(
+            &mut v,
+            format!("<0x{b:02X}>"),
+            0.0,
+            token_type::BYTE,
+            suppressed,
+        );
+    }
+    push(
+        &mut v,
+        "<|im_start|>".into(),
+        0.0,
+        token_type::CONTROL,
+        suppressed,
+    );
+    push(
+        &mut v,
+        "<|im_end|>".into(),
+        0.0,
+        token_type::CONTROL,
+        Row::Biased(eog_bias),
+    );
+    // Single characters score low, longer pieces higher: SentencePiece merges the
+    // highest-scoring adjacent pair first.
+    push(&mut v, "▁".into(), -100.0, token_type::NORMAL, Row::Random);
+    for c in 0x21u8..=0x7E {
+        push(
+            &mut v,
+            char::from(c).to_string(),
+            -100.0,
+            token_type::NORMAL,
+            Row::Random,
+        );
+    }
+    for c in EXTRA_CHARS {
+        push(
+            &mut v,
+            (*c).to_owned(),
+            -100.0,
+            token_type::NORMAL,
+            Row::Random,
+        );
+    }
+    for word in WORDS {
+        let piece = format!("▁{word}");
+        let chars: Vec<(usize, char)> = piece.char_indices().collect();
+        for (i, _) in chars.iter().enumerate().skip(1) {
+            let end = chars.get(i + 1).map_or(piece.len(), |(pos, _)| *pos);
+            let prefix = &piece[..end];
+            push(
+                &mut v,
+                prefix.to_owned(),
+                -100.0 + i as f32,
+                token_type::NORMAL,
+                Row::Random,
+            );
+        }
+    }
+    v
+}
+
+/// SplitMix64: a tiny, fast, well-mixed generator; good enough for random weights.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[-1, 1)`.
+    fn next_sym(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+/// Seeds one tensor's generator from the model seed and the tensor name, so that a
+/// tensor's values do not depend on the order tensors are written in.
+fn tensor_rng(seed: u64, name: &str) -> SplitMix64 {
+    // FNV-1a over the name, mixed with the seed.
+    let mut h: u64 = 0xCBF2_9CE4_8422_2325 ^ seed;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01B3);
+    }
+    SplitMix64(h)
+}
+
+/// Fills with uniform values of standard deviation `std`.
+fn fill_random(seed: u64, name: &str, std: f32) -> impl FnOnce(&mut [f32]) + Send + 'static {
+    let mut rng = tensor_rng(seed, name);
+    // A uniform on [-a, a) has standard deviation a / sqrt(3).
+    let scale = std * 3f32.sqrt();
+    move |out| out.iter_mut().for_each(|x| *x = rng.next_sym() * scale)
+}
+
+/// Writes a random-weight llama model (see [`DemoModelSpec`]) to `path`.
+///
+/// Takes milliseconds for [`DemoModelSpec::tiny`]. For [`DemoQuantization::Q8_0`] an
+/// F32 file is written next to `path` first (`<path>.f32.tmp`), quantized by
+/// llama.cpp, then removed.
+///
+/// # Errors
+/// [`GgufError::InvalidSpec`] for an unusable shape, [`GgufError::Io`] when the file
+/// cannot be written, [`GgufError::Quantize`] when llama.cpp's quantizer fails.
+pub fn write_demo_model(path: &Path, spec: &DemoModelSpec) -> Result<(), GgufError> {
+    spec.validate()?;
+    match spec.quantization {
+        DemoQuantization::F32 => demo_writer(spec).write(path),
+        DemoQuantization::Q8_0 => {
+            let mut tmp = path.as_os_str().to_owned();
+            tmp.push(".f32.tmp");
+            let tmp = PathBuf::from(tmp);
+            demo_writer(spec).write(&tmp)?;
+            let result = quantize(&tmp, path, QuantizeType::Q8_0);
+            // Best effort: a leftover scratch file is only wasted disk space.
+            let _ = std::fs::remove_file(&tmp);
+            result
+        }
+    }
+}
+
+fn demo_writer(spec: &DemoModelSpec) -> GgufWriter {
+    let vocab = demo_vocab(spec.eog_bias);
+    let n_vocab = vocab.tokens.len() as u64;
+    let n_embd = u64::from(spec.n_embd);
+    let n_ff = u64::from(spec.n_ff);
+    let head_dim = spec.n_embd / spec.n_head;
+    let n_embd_kv = u64::from(head_dim * spec.n_head_kv);
+    let seed = spec.seed;
+
+    let mut w = GgufWriter::new();
+    let arch = "llama";
+    w.add_kv("general.architecture", MetaValue::Str(arch.into()));
+    w.add_kv("general.name", MetaValue::Str(spec.name.clone()));
+    w.add_kv("general.file_type", MetaValue::U32(LLAMA_FTYPE_ALL_F32));
+    w.add_kv("general.alignment", MetaValue::U32(ALIGNMENT as u32));
+    w.add_kv(format!("{arch}.vocab_size"), MetaValue::U32(n_vocab as u32));
+    w.add_kv(
+        format!("{arch}.context_length"),
+        MetaValue::U32(spec.context_length),
+    );
+    w.add_kv(
+        format!("{arch}.embedding_length"),
+        MetaValue::U32(spec.n_embd),
+    );
+    w.add_kv(format!("{arch}.block_count"), MetaValue::U32(spec.n_layer));
+    w.add_kv(
+        format!("{arch}.feed_forward_length"),
+        MetaValue::U32(spec.n_ff),
+    );
+    w.add_kv(
+        format!("{arch}.attention.head_count"),
+        MetaValue::U32(spec.n_head),
+    );
+    w.add_kv(
+        format!("{arch}.attention.head_count_kv"),
+        MetaValue::U32(spec.n_head_kv),
+    );
+    w.add_kv(
+        format!("{arch}.rope.dimension_count"),
+        MetaValue::U32(head_dim),
+    );
+    w.add_kv(format!("{arch}.rope.freq_base"), MetaValue::F32(10_000.0));
+    w.add_kv(
+        format!("{arch}.attention.layer_norm_rms_epsilon"),
+        MetaValue::F32(1e-5),
+    );
+    w.add_kv("tokenizer.ggml.model", MetaValue::Str("llama".into()));
+    w.add_kv(
+        "tokenizer.ggml.tokens",
+        MetaValue::StrArray(vocab.tokens.clone()),
+    );
+    w.add_kv(
+        "tokenizer.ggml.scores",
+        MetaValue::F32Array(vocab.scores.clone()),
+    );
+    w.add_kv(
+        "tokenizer.ggml.token_type",
+        MetaValue::I32Array(vocab.types.clone()),
+    );
+    w.add_kv("tokenizer.ggml.unknown_token_id", MetaValue::U32(0));
+    w.add_kv("tokenizer.ggml.bos_token_id", MetaValue::U32(1));
+    w.add_kv("tokenizer.ggml.eos_token_id", MetaValue::U32(2));
+    w.add_kv("tokenizer.ggml.add_bos_token", MetaValue::Bool(true));
+    w.add_kv("tokenizer.ggml.add_eos_token", MetaValue::Bool(false));
+    if let Some(template) = &spec.chat_template {
+        w.add_kv("tokenizer.chat_template", MetaValue::Str(template.clone()));
+    }
+
+    // token_embd [n_embd, n_vocab]: random, with dimension 0 pinned to ANCHOR.
+    let embd_fill = fill_random(seed, "token_embd.weight", 1.0);
+    w.add_tensor_with("token_embd.weight", &[n_embd, n_vocab], move |out| {
+        embd_fill(out);
+        out.chunks_mut(n_embd as usize)
+            .for_each(|row| row[0] = ANCHOR);
+    });
+
+    let ones = |out: &mut [f32]| out.fill(1.0);
+    let in_std = |n_in: u64| 1.0 / (n_in as f32).sqrt();
+    for layer in 0..spec.n_layer {
+        let t = |s: &str| format!("blk.{layer}.{s}.weight");
+        w.add_tensor_with(t("attn_norm"), &[n_embd], ones);
+        for (name, n_out) in [
+            ("attn_q", n_embd),
+            ("attn_k", n_embd_kv),
+            ("attn_v", n_embd_kv),
+        ] {
+            let name = t(name);
+            let fill = fill_random(seed, &name, in_std(n_embd));
+            w.add_tensor_with(name, &[n_embd, n_out], fill);
+        }
+        // The projections back into the residual stream leave dimension 0 alone
+        // (row 0 is zero) so the constant feature survives every block.
+        for (name, n_in) in [("attn_output", n_embd), ("ffn_down", n_ff)] {
+            let name = t(name);
+            let fill = fill_random(seed, &name, in_std(n_in));
+            w.add_tensor_with(name, &[n_in, n_embd], move |out| {
+                fill(out);
+                out[..n_in as usize].fill(0.0);
+            });
+        }
+        w.add_tensor_with(t("ffn_norm"), &[n_embd], ones);
+        for name in ["ffn_gate", "ffn_up"] {
+            let name = t(name);
+            let fill = fill_random(seed, &name, in_std(n_embd));
+            w.add_tensor_with(name, &[n_embd, n_ff], fill);
+        }
+    }
+    w.add_tensor_with("output_norm.weight", &[n_embd], ones);
+
+    // output [n_embd, n_vocab]: random rows for pieces; biased rows read dimension 0 only.
+    let rows = vocab.rows;
+    let out_fill = fill_random(seed, "output.weight", LOGIT_STD * in_std(n_embd));
+    w.add_tensor_with("output.weight", &[n_embd, n_vocab], move |out| {
+        out_fill(out);
+        for (row, kind) in out.chunks_mut(n_embd as usize).zip(&rows) {
+            match kind {
+                Row::Random => row[0] = 0.0,
+                Row::Biased(bias) => {
+                    row.fill(0.0);
+                    row[0] = *bias;
+                }
+            }
+        }
+    });
+    w
+}
+
+/// Target storage of [`quantize`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantizeType {
+    /// llama.cpp's `LLAMA_FTYPE_MOSTLY_Q8_0` (1-D tensors stay F32).
+    Q8_0,
+}
+
+/// Converts an F32/F16 GGUF model into another storage type with llama.cpp's own
+/// `llama_model_quantize`. Initialises the llama.cpp backend if needed.
+///
+/// # Errors
+/// [`GgufError::Quantize`] when llama.cpp reports a failure (missing input, bad
+/// shapes, unwritable output); [`GgufError::InvalidSpec`] for a path with a NUL byte.
+pub fn quantize(input: &Path, output: &Path, to: QuantizeType) -> Result<(), GgufError> {
+    crate::engine::backend();
+    let c_path = |p: &Path| {
+        CString::new(p.to_string_lossy().as_bytes())
+            .map_err(|_| GgufError::InvalidSpec(format!("path {} contains NUL", p.display())))
+    };
+    let (c_in, c_out) = (c_path(input)?, c_path(output)?);
+    // SAFETY: plain C call returning a value struct.
+    let mut params = unsafe { llama_cpp_sys_2::llama_model_quantize_default_params() };
+    params.ftype = match to {
+        QuantizeType::Q8_0 => llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q8_0,
+    };
+    params.nthread = std::thread::available_parallelism().map_or(1, |n| n.get() as i32);
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the call, and
+    // `params` is a fully initialised struct from llama.cpp's own defaults.
+    let status =
+        unsafe { llama_cpp_sys_2::llama_model_quantize(c_in.as_ptr(), c_out.as_ptr(), &params) };
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(GgufError::Quantize {
+            input: input.to_path_buf(),
+            output: output.to_path_buf(),
+            status,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_layout_is_gguf_v3() {
+        let mut w = GgufWriter::new();
+        w.add_kv("k", MetaValue::U32(7));
+        w.add_tensor("t", &[3], vec![1.0, 2.0, 3.0]).unwrap();
+        let mut bytes = Vec::new();
+        w.write_to(&mut bytes).unwrap();
+        assert_eq!(&bytes[..4], b"GGUF");
+        assert_eq!(u32::from_le_bytes(bytes[4..8].try_into().unwrap()), 3);
+        assert_eq!(
+            u64::from_le_bytes(bytes[8..16].try_into().unwrap()),
+            1,
+            "tensors"
+        );
+        assert_eq!(
+            u64::from_le_bytes(bytes[16..24].try_into().unwrap()),
+            1,
+            "kvs"
+        );
+        // Data section is aligned and holds the values at the end.
+        assert_eq!(bytes.len() as u64 % ALIGNMENT, 0);
+        let data_start = bytes.len() - ALIGNMENT as usize;
+        let first = f32::from_le_bytes(bytes[data_start..data_start + 4].try_into().unwrap());
+        assert_eq!(first, 1.0);
+    }
+
+    #[test]
+    fn shape_mismatch_is_rejected() {
+        let mut w = GgufWriter::new();
+        let err = w.add_tensor("t", &[2, 2], vec![0.0; 3]).unwrap_err();
+        assert!(err.to_string().contains("needs 4"), "{err}");
+    }
+
+    #[test]
+    fn demo_vocab_has_specials_bytes_and_reachable_words() {
+        let v = demo_vocab(-20.0);
+        assert_eq!(&v.tokens[..3], ["<unk>", "<s>", "</s>"]);
+        assert_eq!(v.tokens[3], "<0x00>");
+        assert_eq!(v.tokens[258], "<0xFF>");
+        let im_end = v.tokens.iter().position(|t| t == "<|im_end|>").unwrap();
+        assert_eq!(v.types[im_end], token_type::CONTROL);
+        assert_eq!(v.rows[im_end], Row::Biased(-20.0));
+        // Every prefix of "▁the" exists so SentencePiece can merge up to it.
+        for p in ["▁t", "▁th", "▁the"] {
+            assert!(v.tokens.iter().any(|t| t == p), "missing {p}");
+        }
+        let unique: std::collections::HashSet<_> = v.tokens.iter().collect();
+        assert_eq!(unique.len(), v.tokens.len(), "duplicate pieces");
+    }
+
+    #[test]
+    fn invalid_spec_is_rejected() {
+        let spec = DemoModelSpec {
+            n_head: 3,
+            ..DemoModelSpec::tiny()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let err = write_demo_model(&dir.path().join("x.gguf"), &spec).unwrap_err();
+        assert!(matches!(err, GgufError::InvalidSpec(_)), "{err}");
+    }
+
+    #[test]
+    fn same_seed_same_bytes_other_seed_other_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        write_demo_model(&a, &DemoModelSpec::tiny()).unwrap();
+        write_demo_model(&b, &DemoModelSpec::tiny()).unwrap();
+        let other = DemoModelSpec {
+            seed: 7,
+            ..DemoModelSpec::tiny()
+        };
+        write_demo_model(&c, &other).unwrap();
+        let read = |p: &Path| std::fs::read(p).unwrap();
+        assert_eq!(read(&a), read(&b));
+        assert_ne!(read(&a), read(&c));
+    }
+}
