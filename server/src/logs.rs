@@ -1,0 +1,255 @@
+//! The server log: a bounded ring buffer for `/v1/log/list` plus daily files.
+//!
+//! Entries come from module output lines, modules' `POST /v1/log/` and the
+//! server itself. Each gets a increasing `id` so the dashboard can ask for what
+//! is new (`last_id`). Files are `log-YYYY-MM-DD.txt` in the log directory,
+//! written by a dedicated thread so that disk writes never block the reactor.
+//! Wire format of CodeProject.AI Server 2.9, see reference/codeproject-protocol.md §1 "Logging".
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+/// How many entries `/v1/log/list` can look back over.
+pub const LOG_CAPACITY: usize = 2000;
+
+/// Severity of a log entry, named as CodeProject's `log_level` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Information,
+    Warning,
+    Error,
+    Critical,
+}
+
+impl LogLevel {
+    /// Parses CodeProject's level names and common abbreviations,
+    /// case-insensitively; anything unknown is `Information` (lenient, unlike
+    /// CodeProject, which answers 400).
+    pub fn parse(text: &str) -> LogLevel {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "trace" | "trc" => LogLevel::Trace,
+            "debug" | "dbg" => LogLevel::Debug,
+            "warning" | "warn" => LogLevel::Warning,
+            "error" | "err" => LogLevel::Error,
+            "critical" | "crit" => LogLevel::Critical,
+            _ => LogLevel::Information,
+        }
+    }
+
+    /// Splits a module's stdout line into its level prefix (`info:`, `warn:`,
+    /// `error:`, `debug:`, `trace:`, `crit:` and long forms) and the message.
+    /// A line without a prefix is `default`.
+    pub fn from_line(line: &str, default: LogLevel) -> (LogLevel, &str) {
+        if let Some((prefix, rest)) = line.split_once(':') {
+            let level = match prefix.trim().to_ascii_lowercase().as_str() {
+                "trace" | "trc" => Some(LogLevel::Trace),
+                "debug" | "dbg" => Some(LogLevel::Debug),
+                "info" | "information" => Some(LogLevel::Information),
+                "warning" | "warn" => Some(LogLevel::Warning),
+                "error" | "err" => Some(LogLevel::Error),
+                "crit" | "critical" => Some(LogLevel::Critical),
+                _ => None,
+            };
+            if let Some(level) = level {
+                return (level, rest.trim_start());
+            }
+        }
+        (default, line)
+    }
+}
+
+/// One entry as `/v1/log/list` returns it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogEntry {
+    /// Increasing from 1, never reused.
+    pub id: u64,
+    /// RFC 3339, UTC.
+    pub timestamp: String,
+    /// `"<category>: <message>"`, as CodeProject shows it.
+    pub entry: String,
+    pub level: LogLevel,
+    /// The module name, or `Server`.
+    pub category: String,
+    /// Free label; the dashboard treats `"command timing"` specially.
+    pub label: String,
+    pub exception: Option<String>,
+}
+
+struct Ring {
+    next_id: u64,
+    entries: VecDeque<LogEntry>,
+}
+
+/// Handle to the server log; cheap to share in an `Arc`.
+pub struct LogService {
+    // parking_lot: the critical sections are a push or a copy, never an .await.
+    ring: Mutex<Ring>,
+    file_tx: Option<Mutex<mpsc::Sender<(String, String)>>>,
+}
+
+impl LogService {
+    /// A log that also appends to daily files in `dir` (created if missing).
+    /// With `dir` None, entries stay in memory only.
+    pub fn new(dir: Option<PathBuf>) -> LogService {
+        let file_tx = dir.map(|dir| {
+            let (tx, rx) = mpsc::channel::<(String, String)>();
+            std::thread::Builder::new()
+                .name("modhost-logfile".into())
+                .spawn(move || write_files(dir, rx))
+                .expect("spawning the log-file thread");
+            Mutex::new(tx)
+        });
+        LogService {
+            ring: Mutex::new(Ring {
+                next_id: 1,
+                entries: VecDeque::with_capacity(LOG_CAPACITY),
+            }),
+            file_tx,
+        }
+    }
+
+    /// Adds an entry and mirrors it to `tracing` and the day's file.
+    pub fn add(&self, level: LogLevel, category: &str, label: &str, message: &str) -> u64 {
+        match level {
+            LogLevel::Trace => tracing::trace!(target: "modhost::log", %category, "{message}"),
+            LogLevel::Debug => tracing::debug!(target: "modhost::log", %category, "{message}"),
+            LogLevel::Information => tracing::info!(target: "modhost::log", %category, "{message}"),
+            LogLevel::Warning => tracing::warn!(target: "modhost::log", %category, "{message}"),
+            LogLevel::Error | LogLevel::Critical => {
+                tracing::error!(target: "modhost::log", %category, "{message}")
+            }
+        }
+        let now = chrono::Utc::now();
+        let entry = LogEntry {
+            id: 0,
+            timestamp: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            entry: format!("{category}: {message}"),
+            level,
+            category: category.to_owned(),
+            label: label.to_owned(),
+            exception: None,
+        };
+        if let Some(tx) = &self.file_tx {
+            let line = format!("{} [{:?}] {}\n", entry.timestamp, level, entry.entry);
+            // The writer thread lives as long as the process; a send error only
+            // means it died, and the ring buffer still has the entry.
+            let _ = tx.lock().send((now.format("%Y-%m-%d").to_string(), line));
+        }
+        let mut ring = self.ring.lock();
+        let id = ring.next_id;
+        ring.next_id += 1;
+        if ring.entries.len() == LOG_CAPACITY {
+            ring.entries.pop_front();
+        }
+        ring.entries.push_back(LogEntry { id, ..entry });
+        id
+    }
+
+    /// Up to `count` entries with id greater than `last_id`, oldest first.
+    pub fn list(&self, last_id: u64, count: usize) -> Vec<LogEntry> {
+        let ring = self.ring.lock();
+        ring.entries
+            .iter()
+            .filter(|e| e.id > last_id)
+            .take(count)
+            .cloned()
+            .collect()
+    }
+}
+
+fn write_files(dir: PathBuf, rx: mpsc::Receiver<(String, String)>) {
+    if let Err(err) = std::fs::create_dir_all(&dir) {
+        tracing::warn!(dir = %dir.display(), %err, "cannot create the log directory; logging to memory only");
+        return;
+    }
+    let mut current: Option<(String, std::fs::File)> = None;
+    while let Ok((day, line)) = rx.recv() {
+        if current.as_ref().map(|(d, _)| d != &day).unwrap_or(true) {
+            let path = dir.join(format!("log-{day}.txt"));
+            match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+            {
+                Ok(file) => current = Some((day, file)),
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), %err, "cannot open the log file");
+                    continue;
+                }
+            }
+        }
+        if let Some((_, file)) = current.as_mut() {
+            let _ = file.write_all(line.as_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_returns_entries_after_last_id_up_to_count() {
+        let log = LogService::new(None);
+        for i in 0..5 {
+            log.add(LogLevel::Information, "Echo", "", &format!("line {i}"));
+        }
+        let after = log.list(2, 2);
+        assert_eq!(after.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(after[0].entry, "Echo: line 2");
+    }
+
+    #[test]
+    fn ring_drops_the_oldest_beyond_capacity() {
+        let log = LogService::new(None);
+        for i in 0..LOG_CAPACITY + 3 {
+            log.add(LogLevel::Debug, "Server", "", &i.to_string());
+        }
+        let all = log.list(0, usize::MAX);
+        assert_eq!(all.len(), LOG_CAPACITY);
+        assert_eq!(all[0].id, 4);
+    }
+
+    #[test]
+    fn level_prefixes_of_module_output_are_recognised() {
+        assert_eq!(
+            LogLevel::from_line("warn: low memory", LogLevel::Information),
+            (LogLevel::Warning, "low memory")
+        );
+        assert_eq!(
+            LogLevel::from_line("error:boom", LogLevel::Information),
+            (LogLevel::Error, "boom")
+        );
+        assert_eq!(
+            LogLevel::from_line("url: http://x", LogLevel::Information),
+            (LogLevel::Information, "url: http://x")
+        );
+    }
+
+    #[test]
+    fn entries_reach_the_daily_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogService::new(Some(dir.path().to_owned()));
+        log.add(LogLevel::Error, "Echo", "", "written to disk");
+        drop(log); // closes the channel; the writer flushes and exits
+        let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
+        let path = dir.path().join(format!("log-{day}.txt"));
+        for _ in 0..100 {
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                if text.contains("Echo: written to disk") {
+                    return;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("log line never reached {}", path.display());
+    }
+}

@@ -1,0 +1,424 @@
+//! Turns a client request into the values and files a module receives, and
+//! checks them against the route map.
+//!
+//! Values come from the query string, then from the body: multipart or
+//! urlencoded forms (uploads become base64 files), JSON in CodeProject's payload
+//! shape (`{"values":[{"key":"prompt","value":["hi"]}]}`), or, as a modhost
+//! extension, a plain JSON object (`{"prompt":"hi","max_tokens":5}`). Payload
+//! format of CodeProject.AI Server 2.9, see reference/codeproject-protocol.md §1
+//! "Queue item" and §2.
+
+use actix_web::http::header::{HeaderMap, CONTENT_TYPE};
+use actix_web::web::Bytes;
+use base64::Engine;
+use futures_util::StreamExt;
+use modulesettings::{ParamType, RouteParam};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// One named value; CodeProject sends every value as an array of strings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<String>,
+}
+
+/// An uploaded file.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileValue {
+    pub name: String,
+    pub filename: String,
+    pub content_type: String,
+    /// Base64 (standard alphabet, padded).
+    pub data: String,
+}
+
+/// The values and files of one request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestValues {
+    pub values: Vec<KeyValue>,
+    pub files: Vec<FileValue>,
+}
+
+impl RequestValues {
+    fn push(&mut self, key: &str, value: String) {
+        match self.values.iter_mut().find(|kv| kv.key == key) {
+            Some(kv) => kv.value.push(value),
+            None => self.values.push(KeyValue {
+                key: key.to_owned(),
+                value: vec![value],
+            }),
+        }
+    }
+
+    /// The first value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values
+            .iter()
+            .find(|kv| kv.key.eq_ignore_ascii_case(key))
+            .and_then(|kv| kv.value.first())
+            .map(String::as_str)
+    }
+
+    /// The `payload` object of a queue item for `command`.
+    pub fn into_payload(self, command: &str, url_segments: Vec<String>) -> Value {
+        serde_json::json!({
+            "command": command,
+            "values": self.values,
+            "files": self.files,
+            "urlSegments": url_segments,
+        })
+    }
+}
+
+/// Reads the body (at most `limit` bytes) and collects the request's values.
+///
+/// # Errors
+/// 413 over the limit; 415 for a content type that carries no values; 400 for
+/// a malformed body (bad JSON, bad form, invalid UTF-8), naming the problem.
+pub async fn parse(
+    query: &str,
+    headers: &HeaderMap,
+    mut body: actix_web::web::Payload,
+    limit: usize,
+) -> Result<RequestValues, ApiError> {
+    let mut values = RequestValues::default();
+    for (key, value) in parse_urlencoded(query.as_bytes(), "query string")? {
+        values.push(&key, value);
+    }
+
+    if let Some(length) = headers
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if length > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+    }
+    let mut bytes = actix_web::web::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::BadRequest(format!("cannot read the request body: {e}")))?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    let bytes = bytes.freeze();
+    if bytes.is_empty() {
+        return Ok(values);
+    }
+
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "multipart/form-data" => parse_multipart(headers, bytes, &mut values).await?,
+        "application/x-www-form-urlencoded" => {
+            for (key, value) in parse_urlencoded(&bytes, "form body")? {
+                values.push(&key, value);
+            }
+        }
+        "application/json" | "text/json" => parse_json(&bytes, &mut values)?,
+        "" if bytes.first() == Some(&b'{') => parse_json(&bytes, &mut values)?,
+        _ => return Err(ApiError::UnsupportedMediaType(content_type)),
+    }
+    Ok(values)
+}
+
+fn parse_urlencoded(bytes: &[u8], what: &str) -> Result<Vec<(String, String)>, ApiError> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the {what} is not valid UTF-8 (byte {})",
+            e.valid_up_to()
+        ))
+    })?;
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(bytes)
+        .map_err(|e| ApiError::BadRequest(format!("malformed {what}: {e}")))
+}
+
+fn parse_json(bytes: &[u8], values: &mut RequestValues) -> Result<(), ApiError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the JSON body is not valid UTF-8 (byte {})",
+            e.valid_up_to()
+        ))
+    })?;
+    let json: Value = serde_json::from_str(text)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
+    let Value::Object(object) = json else {
+        return Err(ApiError::BadRequest(
+            "the JSON body must be an object: CodeProject's payload shape {\"values\":[{\"key\":..,\"value\":[..]}]} or a plain object such as {\"prompt\":\"hi\"}".into(),
+        ));
+    };
+    if let Some(Value::Array(items)) = object.get("values") {
+        // CodeProject's payload shape.
+        for (i, item) in items.iter().enumerate() {
+            let key = item.get("key").and_then(Value::as_str).ok_or_else(|| {
+                ApiError::BadRequest(format!("values[{i}] has no string \"key\""))
+            })?;
+            match item.get("value") {
+                Some(Value::Array(list)) => {
+                    for v in list {
+                        values.push(key, scalar_text(v));
+                    }
+                }
+                Some(v) => values.push(key, scalar_text(v)),
+                None => {
+                    return Err(ApiError::BadRequest(format!(
+                        "values[{i}] ('{key}') has no \"value\""
+                    )))
+                }
+            }
+        }
+        if let Some(Value::Array(files)) = object.get("files") {
+            for (i, file) in files.iter().enumerate() {
+                let file: FileValue = serde_json::from_value(file.clone())
+                    .map_err(|e| ApiError::BadRequest(format!("files[{i}]: {e}")))?;
+                values.files.push(file);
+            }
+        }
+        return Ok(());
+    }
+    for (key, value) in object {
+        match value {
+            Value::Null => {}
+            Value::Array(list) => {
+                for v in &list {
+                    values.push(&key, scalar_text(v));
+                }
+            }
+            other => values.push(&key, scalar_text(&other)),
+        }
+    }
+    Ok(())
+}
+
+/// Strings as they are, everything else as its JSON text.
+fn scalar_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+async fn parse_multipart(
+    headers: &HeaderMap,
+    bytes: Bytes,
+    values: &mut RequestValues,
+) -> Result<(), ApiError> {
+    let stream =
+        futures_util::stream::once(async move { Ok::<_, actix_web::error::PayloadError>(bytes) });
+    let mut multipart = actix_multipart::Multipart::new(headers, stream);
+    while let Some(field) = multipart.next().await {
+        let mut field =
+            field.map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
+        let disposition = field.content_disposition().cloned();
+        let name = disposition
+            .as_ref()
+            .and_then(|d| d.get_name())
+            .unwrap_or("")
+            .to_owned();
+        let filename = disposition
+            .as_ref()
+            .and_then(|d| d.get_filename())
+            .map(str::to_owned);
+        let content_type = field.content_type().map(|m| m.to_string());
+        let mut data = Vec::new();
+        while let Some(chunk) = field.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::BadRequest(format!("malformed multipart field '{name}': {e}"))
+            })?;
+            data.extend_from_slice(&chunk);
+        }
+        match filename {
+            Some(filename) => values.files.push(FileValue {
+                name,
+                filename,
+                content_type: content_type.unwrap_or_else(|| "application/octet-stream".into()),
+                data: base64::engine::general_purpose::STANDARD.encode(&data),
+            }),
+            None => {
+                let text = String::from_utf8(data).map_err(|e| {
+                    ApiError::BadRequest(format!(
+                        "form field '{name}' is not valid UTF-8 (byte {})",
+                        e.utf8_error().valid_up_to()
+                    ))
+                })?;
+                values.push(&name, text);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks each present value against the route's declared inputs: type and
+/// range. Absent values are left to the module (it applies its defaults).
+///
+/// # Errors
+/// 400 naming the input, the value and what was expected.
+pub fn validate(
+    route: &str,
+    inputs: &[RouteParam],
+    values: &RequestValues,
+) -> Result<(), ApiError> {
+    for input in inputs {
+        let Some(text) = values.get(&input.name) else {
+            continue;
+        };
+        let bad = |expected: String| {
+            ApiError::BadRequest(format!(
+                "input '{}' of route {route} is '{text}': expected {expected}",
+                input.name
+            ))
+        };
+        let number = match input.param_type {
+            ParamType::Integer => Some(
+                text.trim()
+                    .parse::<i64>()
+                    .map_err(|_| bad("an integer".into()))? as f64,
+            ),
+            ParamType::Float => {
+                let v = text
+                    .trim()
+                    .parse::<f64>()
+                    .map_err(|_| bad("a number".into()))?;
+                if !v.is_finite() {
+                    return Err(bad("a finite number".into()));
+                }
+                Some(v)
+            }
+            ParamType::Boolean => {
+                match text.trim().to_ascii_lowercase().as_str() {
+                    "true" | "false" | "1" | "0" | "yes" | "no" | "on" | "off" => {}
+                    _ => return Err(bad("true or false".into())),
+                }
+                None
+            }
+            ParamType::Object => {
+                serde_json::from_str::<Value>(text).map_err(|e| bad(format!("JSON ({e})")))?;
+                None
+            }
+            ParamType::Text | ParamType::File => None,
+        };
+        if let Some(v) = number {
+            if let Some(min) = input.min_value {
+                if v < min {
+                    return Err(bad(format!("at least {min}")));
+                }
+            }
+            if let Some(max) = input.max_value {
+                if v > max {
+                    return Err(bad(format!("at most {max}")));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn param(name: &str, ty: ParamType, min: Option<f64>, max: Option<f64>) -> RouteParam {
+        let mut p: RouteParam =
+            serde_json::from_value(serde_json::json!({"Name": name, "Type": "Text"})).unwrap();
+        p.param_type = ty;
+        p.min_value = min;
+        p.max_value = max;
+        p
+    }
+
+    fn values(pairs: &[(&str, &str)]) -> RequestValues {
+        let mut v = RequestValues::default();
+        for (k, val) in pairs {
+            v.push(k, val.to_string());
+        }
+        v
+    }
+
+    #[test]
+    fn plain_json_objects_become_values() {
+        let mut v = RequestValues::default();
+        parse_json(
+            br#"{"prompt":"hi","max_tokens":5,"stop":["a","b"],"x":null}"#,
+            &mut v,
+        )
+        .unwrap();
+        assert_eq!(v.get("prompt"), Some("hi"));
+        assert_eq!(v.get("max_tokens"), Some("5"));
+        assert_eq!(
+            v.values.iter().find(|kv| kv.key == "stop").unwrap().value,
+            vec!["a", "b"]
+        );
+        assert_eq!(v.get("x"), None);
+    }
+
+    #[test]
+    fn codeproject_payload_shape_is_understood() {
+        let mut v = RequestValues::default();
+        parse_json(br#"{"values":[{"key":"prompt","value":["hi"]}]}"#, &mut v).unwrap();
+        assert_eq!(v.get("prompt"), Some("hi"));
+    }
+
+    #[test]
+    fn malformed_json_is_a_clear_400() {
+        let mut v = RequestValues::default();
+        let err = parse_json(br#"{"prompt": "#, &mut v)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("malformed JSON body"), "{err}");
+        let err = parse_json(b"[1,2]", &mut v).unwrap_err().to_string();
+        assert!(err.contains("must be an object"), "{err}");
+        let err = parse_json(b"{\"a\":\"\xff\"}", &mut v)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not valid UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_input_and_the_expectation() {
+        let inputs = [
+            param("temperature", ParamType::Float, Some(0.0), Some(2.0)),
+            param("max_tokens", ParamType::Integer, Some(0.0), None),
+        ];
+        let ok = values(&[("temperature", "0.5"), ("max_tokens", "10")]);
+        validate("text/chat", &inputs, &ok).unwrap();
+        let err = validate("text/chat", &inputs, &values(&[("temperature", "-1")]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "input 'temperature' of route text/chat is '-1': expected at least 0"
+        );
+        let err = validate("text/chat", &inputs, &values(&[("max_tokens", "ten")]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "input 'max_tokens' of route text/chat is 'ten': expected an integer"
+        );
+        validate("text/chat", &inputs, &values(&[])).unwrap();
+    }
+
+    #[test]
+    fn urlencoded_rejects_invalid_utf8() {
+        let err = parse_urlencoded(b"a=\xff", "form body")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not valid UTF-8"), "{err}");
+    }
+}

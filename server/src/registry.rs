@@ -1,0 +1,315 @@
+//! The modules the server knows: their manifests, live state and routes.
+//!
+//! Built once at start-up from the discovered manifests. The route table maps
+//! request paths to modules by the longest case-insensitive route prefix, as
+//! CodeProject.AI Server 2.9 does (reference/codeproject-protocol.md §2), and adds
+//! `{moduleId}/get_command_status` and `{moduleId}/cancel_command` to every module.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use modulesettings::{ModuleManifest, RouteMap};
+use parking_lot::Mutex;
+use serde::Serialize;
+
+/// Lifecycle state of a module, named as CodeProject's `status` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ModuleStatus {
+    /// Installed, AutoStart false, never started.
+    NoAutoStart,
+    /// Not runnable here: unsupported platform, or not installed.
+    NotAvailable,
+    /// The install script is running.
+    Installing,
+    NotStarted,
+    /// Process launched; waiting for its first poll.
+    Starting,
+    /// Crashed; a new process starts after the backoff.
+    Restarting,
+    /// Polling for commands.
+    Started,
+    /// Could not be launched (missing file, failed install, exec error).
+    FailedStart,
+    /// Exited unexpectedly.
+    Crashed,
+    Stopping,
+    Stopped,
+}
+
+impl ModuleStatus {
+    /// True when commands sent now can be served eventually: the module is up
+    /// or on its way up.
+    pub fn accepts_commands(self) -> bool {
+        matches!(self, ModuleStatus::Started | ModuleStatus::Starting)
+    }
+}
+
+/// Live state of one module, changed by the supervisor and the queue endpoints.
+#[derive(Debug, Clone)]
+pub struct ModuleState {
+    pub status: ModuleStatus,
+    /// When the current process was launched.
+    pub started: Option<SystemTime>,
+    /// Last poll, reply or status update from the module.
+    pub last_seen: Option<SystemTime>,
+    /// The module's last `statusData`, replaced wholesale on each update.
+    pub status_data: Option<serde_json::Value>,
+    /// Replies received, not counting status messages.
+    pub request_count: u64,
+    /// `CPU`/`GPU` as the module reports it.
+    pub inference_device: Option<String>,
+    /// Whether the module should be running (AutoStart, or the dashboard's Start).
+    pub wanted: bool,
+    /// Process id of the running process.
+    pub pid: Option<u32>,
+    /// Launches since the server started.
+    pub launches: u32,
+    /// Why the last process ended or could not start.
+    pub last_error: Option<String>,
+}
+
+/// A module: its manifest and live state.
+pub struct Module {
+    pub manifest: ModuleManifest,
+    /// Lowercase queue name.
+    pub queue: String,
+    /// The explorer UI cut from `explore.html`, if the module has one.
+    pub explorer_ui: Option<serde_json::Value>,
+    // parking_lot: short, non-async critical sections only.
+    state: Mutex<ModuleState>,
+}
+
+impl Module {
+    /// A module in `initial` status, wanted running when AutoStart is set.
+    pub fn new(manifest: ModuleManifest, initial: ModuleStatus) -> Module {
+        let queue = manifest.settings.queue_name(&manifest.id);
+        let wanted = manifest.settings.launch_settings.auto_start;
+        let explorer_ui = crate::explorer_ui::load(&manifest.dir);
+        Module {
+            manifest,
+            queue,
+            explorer_ui,
+            state: Mutex::new(ModuleState {
+                status: initial,
+                started: None,
+                last_seen: None,
+                status_data: None,
+                request_count: 0,
+                inference_device: None,
+                wanted,
+                pid: None,
+                launches: 0,
+                last_error: None,
+            }),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.manifest.id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.manifest.settings.name
+    }
+
+    pub fn dir(&self) -> &PathBuf {
+        &self.manifest.dir
+    }
+
+    /// A copy of the live state.
+    pub fn state(&self) -> ModuleState {
+        self.state.lock().clone()
+    }
+
+    /// Changes the live state under the lock.
+    pub fn update<T>(&self, f: impl FnOnce(&mut ModuleState) -> T) -> T {
+        f(&mut self.state.lock())
+    }
+
+    /// Records contact from the module (poll, reply, status update). A
+    /// Starting module that polls is Started.
+    pub fn seen(&self) {
+        let mut state = self.state.lock();
+        state.last_seen = Some(SystemTime::now());
+        if state.status == ModuleStatus::Starting {
+            state.status = ModuleStatus::Started;
+        }
+    }
+}
+
+/// Which module serves a path, and how.
+#[derive(Clone)]
+pub struct RouteMatch {
+    pub module: Arc<Module>,
+    /// The route map entry; None for the built-in long-process routes.
+    pub route: Option<RouteMap>,
+    /// The command the module receives.
+    pub command: String,
+    /// The path after the matched route, split on `/`.
+    pub url_segments: Vec<String>,
+}
+
+struct RouteEntry {
+    /// Lowercase, without leading or trailing slashes.
+    route: String,
+    method: String,
+    module: Arc<Module>,
+    map: Option<RouteMap>,
+    command: String,
+}
+
+/// All modules and the route table.
+pub struct Registry {
+    modules: Vec<Arc<Module>>,
+    /// Longest route first, so the first prefix match is the longest.
+    routes: Vec<RouteEntry>,
+}
+
+impl Registry {
+    /// Builds the route table over `modules`.
+    pub fn new(modules: Vec<Arc<Module>>) -> Registry {
+        let mut routes = Vec::new();
+        for module in &modules {
+            for map in &module.manifest.settings.route_maps {
+                routes.push(RouteEntry {
+                    route: normalise(&map.route),
+                    method: map.method.to_ascii_uppercase(),
+                    module: Arc::clone(module),
+                    map: Some(map.clone()),
+                    command: map.command.clone(),
+                });
+            }
+            for command in ["get_command_status", "cancel_command"] {
+                routes.push(RouteEntry {
+                    route: format!("{}/{command}", module.id().to_ascii_lowercase()),
+                    method: "POST".into(),
+                    module: Arc::clone(module),
+                    map: None,
+                    command: command.into(),
+                });
+            }
+        }
+        routes.sort_by_key(|r| std::cmp::Reverse(r.route.len()));
+        Registry { modules, routes }
+    }
+
+    pub fn modules(&self) -> &[Arc<Module>] {
+        &self.modules
+    }
+
+    /// The module with this id, case-insensitively.
+    pub fn get(&self, id: &str) -> Option<&Arc<Module>> {
+        self.modules
+            .iter()
+            .find(|m| m.id().eq_ignore_ascii_case(id))
+    }
+
+    /// The route serving `method path` (path after `/v1/`): the longest route
+    /// that is a case-insensitive string prefix of the path. Not segment-aware,
+    /// like CodeProject: route `text/chat` also matches `text/chatty`.
+    pub fn route(&self, method: &str, path: &str) -> Option<RouteMatch> {
+        let path = normalise(path);
+        let lower = path.to_ascii_lowercase();
+        let entry = self
+            .routes
+            .iter()
+            .find(|r| r.method.eq_ignore_ascii_case(method) && lower.starts_with(&r.route))?;
+        let rest = path[entry.route.len()..].trim_matches('/');
+        Some(RouteMatch {
+            module: Arc::clone(&entry.module),
+            route: entry.map.clone(),
+            command: entry.command.clone(),
+            url_segments: if rest.is_empty() {
+                Vec::new()
+            } else {
+                rest.split('/').map(str::to_owned).collect()
+            },
+        })
+    }
+}
+
+fn normalise(route: &str) -> String {
+    route
+        .trim()
+        .trim_matches('/')
+        .trim_start_matches("v1/")
+        .to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(id: &str, routes: &[(&str, &str)]) -> ModuleManifest {
+        let route_maps: Vec<_> = routes
+            .iter()
+            .map(|(route, command)| {
+                serde_json::json!({"Name": "r", "Route": route, "Method": "POST", "Command": command})
+            })
+            .collect();
+        let text = serde_json::json!({"Modules": {id: {
+            "Name": id, "Version": "1.0.0",
+            "LaunchSettings": {"FilePath": "m", "Runtime": "execute"},
+            "RouteMaps": route_maps,
+        }}});
+        let dir = tempfile::tempdir().unwrap().keep();
+        std::fs::write(dir.join("modulesettings.json"), text.to_string()).unwrap();
+        modulesettings::load_module_dir(&dir, &modulesettings::Platform::current()).unwrap()
+    }
+
+    fn registry() -> Registry {
+        Registry::new(vec![
+            Arc::new(Module::new(
+                manifest("A", &[("text/chat", "prompt")]),
+                ModuleStatus::Started,
+            )),
+            Arc::new(Module::new(
+                manifest(
+                    "B",
+                    &[("text/chat/long", "long"), ("vision/detect", "detect")],
+                ),
+                ModuleStatus::Started,
+            )),
+        ])
+    }
+
+    #[test]
+    fn longest_case_insensitive_prefix_wins() {
+        let r = registry();
+        let m = r.route("POST", "Text/Chat/Long/x/y").unwrap();
+        assert_eq!(m.module.id(), "B");
+        assert_eq!(m.command, "long");
+        assert_eq!(m.url_segments, vec!["x", "y"]);
+        let m = r.route("POST", "text/chat").unwrap();
+        assert_eq!(m.module.id(), "A");
+        assert!(m.url_segments.is_empty());
+    }
+
+    #[test]
+    fn prefix_matching_is_not_segment_aware_like_codeproject() {
+        let m = registry().route("POST", "text/chatty").unwrap();
+        assert_eq!(m.module.id(), "A");
+        assert_eq!(m.url_segments, vec!["ty"]);
+    }
+
+    #[test]
+    fn every_module_gets_long_process_routes() {
+        let r = registry();
+        let m = r.route("POST", "a/get_command_status").unwrap();
+        assert_eq!(
+            (m.module.id(), m.command.as_str()),
+            ("A", "get_command_status")
+        );
+        assert!(m.route.is_none());
+        let m = r.route("POST", "B/cancel_command").unwrap();
+        assert_eq!((m.module.id(), m.command.as_str()), ("B", "cancel_command"));
+    }
+
+    #[test]
+    fn unknown_path_or_method_matches_nothing() {
+        let r = registry();
+        assert!(r.route("POST", "audio/x").is_none());
+        assert!(r.route("GET", "text/chat").is_none());
+    }
+}

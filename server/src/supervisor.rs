@@ -1,0 +1,663 @@
+//! Module processes: launch, watch, restart, stop.
+//!
+//! One task per module owns its child process. The task launches the module
+//! when it is wanted (AutoStart, or Start from the dashboard), logs each output
+//! line, and on an unexpected exit fails the module's queued and in-flight
+//! commands at once, then relaunches it after a capped exponential backoff.
+//! Stop queues CodeProject's `quit` command, waits a short grace period, then
+//! signals the whole process group, so a module's own children go too.
+//! Launch rules of CodeProject.AI Server 2.9, see reference/codeproject-protocol.md §1 "Launch" and §3.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use modulesettings::{Macros, RuntimeLocation};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::logs::{LogLevel, LogService};
+use crate::queue::{QueueItem, Queues};
+use crate::registry::{Module, ModuleStatus};
+
+/// Time a module gets to act on `quit` before it is signalled.
+const QUIT_GRACE: Duration = Duration::from_secs(3);
+/// Time between SIGTERM and SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(2);
+/// First restart delay after a crash; doubles per crash, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A process that ran this long resets the backoff.
+const STABLE_RUN: Duration = Duration::from_secs(30);
+/// Longest an install script may run.
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+/// Longest module output line kept in the log, in bytes.
+const MAX_LINE: usize = 8 * 1024;
+
+/// What the dashboard can ask of a module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Start,
+    Stop,
+    Restart,
+}
+
+/// What every module launch needs from the server.
+pub struct LaunchContext {
+    /// The port modules reach the server on (`CPAI_PORT`).
+    pub port: u16,
+    pub macros: Macros,
+    pub root_path: PathBuf,
+    /// Skip install scripts.
+    pub no_install: bool,
+}
+
+/// Sends start, stop and restart requests to the per-module tasks.
+pub struct Supervisor {
+    controls: HashMap<String, mpsc::Sender<Control>>,
+}
+
+/// The per-module tasks, owned by whoever waits for them at shutdown.
+pub struct SupervisorTasks(Vec<JoinHandle<()>>);
+
+impl SupervisorTasks {
+    /// Waits for every module task to finish (after shutdown was cancelled):
+    /// by then every module process has exited.
+    pub async fn join(self) {
+        for task in self.0 {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Supervisor {
+    /// Starts one task per module; they run until `shutdown` is cancelled,
+    /// then stop their processes.
+    pub fn start(
+        modules: &[Arc<Module>],
+        ctx: Arc<LaunchContext>,
+        queues: Arc<Queues>,
+        logs: Arc<crate::logs::LogService>,
+        shutdown: CancellationToken,
+    ) -> (Supervisor, SupervisorTasks) {
+        let mut controls = HashMap::new();
+        let mut tasks = Vec::new();
+        for module in modules {
+            if module.state().status == ModuleStatus::NotAvailable {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(8);
+            controls.insert(module.id().to_ascii_lowercase(), tx);
+            let task = ModuleTask {
+                module: Arc::clone(module),
+                ctx: Arc::clone(&ctx),
+                queues: Arc::clone(&queues),
+                logs: Arc::clone(&logs),
+                controls: rx,
+                shutdown: shutdown.clone(),
+            };
+            tasks.push(tokio::spawn(task.run()));
+        }
+        (Supervisor { controls }, SupervisorTasks(tasks))
+    }
+
+    /// Sends `control` to a module's task.
+    ///
+    /// # Errors
+    /// A message when the module has no task (unknown id, or NotAvailable).
+    pub fn control(&self, module_id: &str, control: Control) -> Result<(), String> {
+        let tx = self
+            .controls
+            .get(&module_id.to_ascii_lowercase())
+            .ok_or_else(|| format!("module '{module_id}' cannot be started here"))?;
+        tx.try_send(control)
+            .map_err(|_| format!("module '{module_id}' is busy with earlier requests; try again"))
+    }
+}
+
+/// How a running process stopped being watched.
+enum Ended {
+    Exited(std::io::Result<ExitStatus>),
+    Stop,
+    Restart,
+    Shutdown,
+}
+
+struct ModuleTask {
+    module: Arc<Module>,
+    ctx: Arc<LaunchContext>,
+    queues: Arc<Queues>,
+    logs: Arc<LogService>,
+    controls: mpsc::Receiver<Control>,
+    shutdown: CancellationToken,
+}
+
+impl ModuleTask {
+    fn log(&self, level: LogLevel, message: &str) {
+        self.logs.add(level, self.module.name(), "", message);
+    }
+
+    async fn run(mut self) {
+        let mut crashes: u32 = 0;
+        loop {
+            if !self.module.state().wanted {
+                self.module.update(|s| {
+                    if matches!(s.status, ModuleStatus::NotStarted) {
+                        s.status = ModuleStatus::NoAutoStart;
+                    }
+                });
+                tokio::select! {
+                    control = self.controls.recv() => match control {
+                        Some(Control::Start | Control::Restart) => {
+                            self.module.update(|s| s.wanted = true);
+                            crashes = 0;
+                        }
+                        Some(Control::Stop) => {}
+                        None => return,
+                    },
+                    _ = self.shutdown.cancelled() => return,
+                }
+                continue;
+            }
+
+            let mut child = match self.launch().await {
+                Ok(child) => child,
+                Err(problem) => {
+                    self.log(
+                        LogLevel::Error,
+                        &format!("cannot start module {}: {problem}", self.module.id()),
+                    );
+                    self.module.update(|s| {
+                        s.status = ModuleStatus::FailedStart;
+                        s.wanted = false;
+                        s.last_error = Some(problem);
+                    });
+                    continue;
+                }
+            };
+            let launched = Instant::now();
+            let pid = child.id();
+
+            let ended = loop {
+                tokio::select! {
+                    exit = child.wait() => break Ended::Exited(exit),
+                    control = self.controls.recv() => match control {
+                        Some(Control::Start) => continue,
+                        Some(Control::Stop) => break Ended::Stop,
+                        Some(Control::Restart) => break Ended::Restart,
+                        None => break Ended::Shutdown,
+                    },
+                    _ = self.shutdown.cancelled() => break Ended::Shutdown,
+                }
+            };
+
+            match ended {
+                Ended::Exited(exit) => {
+                    kill_group(pid, libc::SIGKILL);
+                    let how = match exit {
+                        Ok(status) => status.to_string(),
+                        Err(err) => format!("wait failed: {err}"),
+                    };
+                    let ran = launched.elapsed();
+                    let message =
+                        format!("module {} exited unexpectedly ({how})", self.module.id());
+                    let failed = self.queues.fail_module(
+                        self.module.id(),
+                        Some(&self.module.queue),
+                        &message,
+                    );
+                    crashes = if ran >= STABLE_RUN { 1 } else { crashes + 1 };
+                    let backoff = backoff(crashes);
+                    self.log(
+                        LogLevel::Error,
+                        &format!(
+                            "{message} after {:.1} s; {failed} request(s) failed; restarting in {:.1} s",
+                            ran.as_secs_f64(),
+                            backoff.as_secs_f64()
+                        ),
+                    );
+                    self.module.update(|s| {
+                        s.status = ModuleStatus::Crashed;
+                        s.pid = None;
+                        s.last_error = Some(message.clone());
+                    });
+                    self.module.update(|s| s.status = ModuleStatus::Restarting);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        control = self.controls.recv() => match control {
+                            Some(Control::Stop) => self.mark_stopped(),
+                            Some(Control::Start | Control::Restart) => {}
+                            None => return,
+                        },
+                        _ = self.shutdown.cancelled() => { self.mark_stopped(); return; }
+                    }
+                }
+                Ended::Stop => {
+                    self.stop(&mut child, pid).await;
+                    self.mark_stopped();
+                }
+                Ended::Restart => {
+                    self.stop(&mut child, pid).await;
+                    crashes = 0;
+                    self.log(
+                        LogLevel::Information,
+                        &format!("restarting module {}", self.module.id()),
+                    );
+                }
+                Ended::Shutdown => {
+                    self.stop(&mut child, pid).await;
+                    self.module.update(|s| s.status = ModuleStatus::Stopped);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn mark_stopped(&self) {
+        self.module.update(|s| {
+            s.status = ModuleStatus::Stopped;
+            s.wanted = false;
+            s.pid = None;
+        });
+    }
+
+    /// Installs the module if needed, then spawns it with its output piped
+    /// into the log.
+    async fn launch(&mut self) -> Result<Child, String> {
+        let module = Arc::clone(&self.module);
+        let dir = module.dir().clone();
+
+        if let Some(file) = launch_file(&module) {
+            if !file.exists() {
+                self.install(&file).await?;
+            }
+        }
+        let (program, args) = resolve_command(&module, &self.ctx)?;
+        let mut command = Command::new(&program);
+        command
+            .args(&args)
+            .current_dir(&dir)
+            .envs(module_environment(&module, &self.ctx))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            // Its own process group, so stop and shutdown reach the module's children.
+            .process_group(0);
+        let mut child = command
+            .spawn()
+            .map_err(|err| format!("cannot run {}: {err}", program.display()))?;
+        let pid = child.id();
+        self.log(
+            LogLevel::Information,
+            &format!(
+                "started module {} (pid {}): {} {}",
+                module.id(),
+                pid.unwrap_or(0),
+                program.display(),
+                args.join(" ")
+            ),
+        );
+        let name = module.name().to_owned();
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(pipe_lines(
+                out,
+                Arc::clone(&self.logs),
+                name.clone(),
+                LogLevel::Information,
+            ));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(pipe_lines(
+                err,
+                Arc::clone(&self.logs),
+                name,
+                LogLevel::Error,
+            ));
+        }
+        module.update(|s| {
+            s.status = ModuleStatus::Starting;
+            s.started = Some(std::time::SystemTime::now());
+            s.pid = pid;
+            s.launches += 1;
+            s.last_error = None;
+        });
+        Ok(child)
+    }
+
+    /// Runs the module's `install.sh` because `missing` does not exist yet.
+    async fn install(&mut self, missing: &Path) -> Result<(), String> {
+        let dir = self.module.dir().clone();
+        let script = dir.join("install.sh");
+        if !script.exists() {
+            return Err(format!(
+                "launch file {} does not exist and the module has no install.sh",
+                missing.display()
+            ));
+        }
+        if self.ctx.no_install {
+            return Err(format!(
+                "module is not installed ({} is missing) and install scripts are disabled",
+                missing.display()
+            ));
+        }
+        self.module.update(|s| s.status = ModuleStatus::Installing);
+        self.log(
+            LogLevel::Information,
+            &format!(
+                "installing module {}: bash {}",
+                self.module.id(),
+                script.display()
+            ),
+        );
+        let log_path = dir.join("install.log");
+        let mut child = Command::new("bash")
+            .arg(&script)
+            .current_dir(&dir)
+            .envs(module_environment(&self.module, &self.ctx))
+            .env("MODHOST_ROOT", &self.ctx.root_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0)
+            .spawn()
+            .map_err(|err| format!("cannot run {}: {err}", script.display()))?;
+        let name = self.module.name().to_owned();
+        let out = child.stdout.take().map(|o| {
+            tokio::spawn(pipe_install(
+                o,
+                Arc::clone(&self.logs),
+                name.clone(),
+                log_path.clone(),
+            ))
+        });
+        let err = child.stderr.take().map(|e| {
+            tokio::spawn(pipe_install(
+                e,
+                Arc::clone(&self.logs),
+                name,
+                log_path.clone(),
+            ))
+        });
+        let pid = child.id();
+        let status = tokio::select! {
+            status = tokio::time::timeout(INSTALL_TIMEOUT, child.wait()) => status,
+            _ = self.shutdown.cancelled() => {
+                kill_group(pid, libc::SIGKILL);
+                return Err("install interrupted by shutdown".into());
+            }
+        };
+        for task in [out, err].into_iter().flatten() {
+            let _ = task.await;
+        }
+        match status {
+            Ok(Ok(status)) if status.success() => {
+                self.log(
+                    LogLevel::Information,
+                    &format!("installed module {}", self.module.id()),
+                );
+                if missing.exists() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "install.sh succeeded but {} still does not exist",
+                        missing.display()
+                    ))
+                }
+            }
+            Ok(Ok(status)) => Err(format!(
+                "install.sh failed ({status}); see {}",
+                log_path.display()
+            )),
+            Ok(Err(err)) => Err(format!("install.sh could not be waited for: {err}")),
+            Err(_) => {
+                kill_group(pid, libc::SIGKILL);
+                Err(format!(
+                    "install.sh ran longer than {} minutes and was stopped",
+                    INSTALL_TIMEOUT.as_secs() / 60
+                ))
+            }
+        }
+    }
+
+    /// Asks the module to quit, then signals its process group.
+    async fn stop(&mut self, child: &mut Child, pid: Option<u32>) {
+        self.module.update(|s| s.status = ModuleStatus::Stopping);
+        // CodeProject's quit: a command with value moduleId; modules post no
+        // reply. The ticket is held so the command stays live until we are done.
+        let quit = QueueItem {
+            reqid: uuid::Uuid::new_v4().to_string(),
+            reqtype: "quit".into(),
+            payload: json!({"command": "quit", "moduleId": self.module.id(),
+                "values": [{"key": "moduleId", "value": [self.module.id()]}],
+                "files": [], "urlSegments": []}),
+        };
+        let ticket = self.queues.enqueue(&self.module.queue, quit).ok();
+        let exited = tokio::time::timeout(QUIT_GRACE, child.wait()).await.is_ok();
+        drop(ticket);
+        if !exited {
+            kill_group(pid, libc::SIGTERM);
+            if tokio::time::timeout(TERM_GRACE, child.wait())
+                .await
+                .is_err()
+            {
+                kill_group(pid, libc::SIGKILL);
+                let _ = child.wait().await;
+            }
+        }
+        kill_group(pid, libc::SIGKILL);
+        let message = format!("module {} was stopped", self.module.id());
+        self.queues
+            .fail_module(self.module.id(), Some(&self.module.queue), &message);
+        self.log(LogLevel::Information, &message);
+    }
+}
+
+/// Capped exponential backoff for the n-th crash in a row (n ≥ 1).
+fn backoff(crashes: u32) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(1 << crashes.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF)
+}
+
+/// Signals the process group led by `pid` (children are spawned as group
+/// leaders). The group outlives its leader, so this also reaches what a
+/// module left behind after it exited.
+fn kill_group(pid: Option<u32>, signal: libc::c_int) {
+    if let Some(pid) = pid.filter(|&p| p > 1) {
+        // SAFETY: kill(2) has no memory effects; a stale group just gives ESRCH.
+        unsafe {
+            libc::kill(-(pid as libc::pid_t), signal);
+        }
+    }
+}
+
+/// The file whose absence means "not installed": `FilePath` under the module
+/// directory, when the manifest has one.
+fn launch_file(module: &Module) -> Option<PathBuf> {
+    let launch = &module.manifest.settings.launch_settings;
+    let file = launch.file_path.as_deref()?;
+    let path = Path::new(file);
+    Some(if path.is_absolute() {
+        path.to_owned()
+    } else {
+        module.dir().join(path)
+    })
+}
+
+/// The program and arguments that start `module`.
+fn resolve_command(module: &Module, ctx: &LaunchContext) -> Result<(PathBuf, Vec<String>), String> {
+    let launch = &module.manifest.settings.launch_settings;
+    if let Some(command) = launch.command.as_deref().filter(|c| !c.trim().is_empty()) {
+        let expanded = ctx.macros.expand(command, module.dir());
+        return Ok((
+            PathBuf::from("/bin/sh"),
+            vec!["-c".into(), format!("exec {expanded}")],
+        ));
+    }
+    let file = launch_file(module)
+        .ok_or("the manifest has neither LaunchSettings.FilePath nor Command")?;
+    let file_arg = file.display().to_string();
+    let runtime = launch
+        .runtime
+        .as_deref()
+        .unwrap_or("execute")
+        .trim()
+        .to_ascii_lowercase();
+    match runtime.as_str() {
+        "" | "execute" | "exec" => Ok((file, Vec::new())),
+        "dotnet" => Ok(("dotnet".into(), vec![file_arg])),
+        python if python.starts_with("python") => {
+            let version = python.trim_start_matches("python");
+            let compact = version.replace('.', "");
+            let venv_python = |base: &Path| {
+                base.join("bin")
+                    .join(&ctx.macros.platform.os)
+                    .join(format!("python{compact}"))
+                    .join("venv/bin/python3")
+            };
+            let local = venv_python(module.dir());
+            let shared = venv_python(&ctx.root_path.join("runtimes"));
+            let interpreter = match launch.runtime_location {
+                RuntimeLocation::Local if local.exists() => local,
+                RuntimeLocation::Shared if shared.exists() => shared,
+                _ if local.exists() => local,
+                _ if version.is_empty() => PathBuf::from("python3"),
+                _ => PathBuf::from(format!("python{version}")),
+            };
+            Ok((interpreter, vec![file_arg]))
+        }
+        other => Ok((PathBuf::from(other), vec![file_arg])),
+    }
+}
+
+/// The child's environment: server variables, the manifest's
+/// EnvironmentVariables (upper-cased keys, macros expanded), then the CPAI_*
+/// module variables where not already set (reference §3).
+pub fn module_environment(module: &Module, ctx: &LaunchContext) -> Vec<(String, String)> {
+    let settings = &module.manifest.settings;
+    let launch = &settings.launch_settings;
+    let mut env: Vec<(String, String)> = vec![
+        ("CPAI_PORT".into(), ctx.port.to_string()),
+        (
+            "CPAI_APPROOTPATH".into(),
+            ctx.root_path.display().to_string(),
+        ),
+    ];
+    for (key, value) in &settings.environment_variables {
+        let key = key.to_ascii_uppercase();
+        env.retain(|(k, _)| k != &key);
+        env.push((key, ctx.macros.expand(value, module.dir())));
+    }
+    let parallelism = match launch.parallelism {
+        n if n > 0 => n as usize,
+        _ => (std::thread::available_parallelism().map_or(2, |n| n.get()) / 2).max(1),
+    };
+    let gpu = &settings.gpu_options;
+    let defaults = [
+        ("CPAI_MODULE_SERVER_LAUNCHED", Some("true".to_owned())),
+        ("CPAI_MODULE_ID", Some(module.id().to_owned())),
+        ("CPAI_MODULE_NAME", Some(module.name().to_owned())),
+        ("CPAI_MODULE_PATH", Some(module.dir().display().to_string())),
+        ("CPAI_MODULE_QUEUENAME", Some(module.queue.clone())),
+        (
+            "CPAI_MODULE_REQUIRED_MB",
+            launch
+                .required_mb
+                .filter(|&mb| mb > 0)
+                .map(|mb| mb.to_string()),
+        ),
+        (
+            "CPAI_LOG_VERBOSITY",
+            Some(format!("{:?}", launch.log_verbosity)),
+        ),
+        ("CPAI_MODULE_PARALLELISM", Some(parallelism.to_string())),
+        (
+            "CPAI_MODULE_ENABLE_GPU",
+            Some(if gpu.enable_gpu { "True" } else { "False" }.to_owned()),
+        ),
+        (
+            "CPAI_ACCEL_DEVICE_NAME",
+            gpu.accelerator_device_name.clone(),
+        ),
+        ("CPAI_HALF_PRECISION", gpu.half_precision.clone()),
+    ];
+    for (key, value) in defaults {
+        if let Some(value) = value {
+            if !env.iter().any(|(k, _)| k == key) {
+                env.push((key.to_owned(), value));
+            }
+        }
+    }
+    env
+}
+
+/// Logs each line a module prints, its level taken from a prefix.
+async fn pipe_lines(
+    stream: impl AsyncRead + Unpin,
+    logs: Arc<LogService>,
+    name: String,
+    default: LogLevel,
+) {
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                buf.truncate(MAX_LINE);
+                let line = String::from_utf8_lossy(&buf);
+                let line = line.trim_end();
+                if line.is_empty() {
+                    continue;
+                }
+                let (level, message) = LogLevel::from_line(line, default);
+                logs.add(level, &name, "", message);
+            }
+        }
+    }
+}
+
+/// Copies an install script's output into `install.log` and the server log.
+async fn pipe_install(
+    stream: impl AsyncRead + Unpin,
+    logs: Arc<LogService>,
+    name: String,
+    log_path: PathBuf,
+) {
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .await
+        .ok();
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(file) = file.as_mut() {
+            let _ = file.write_all(format!("{line}\n").as_bytes()).await;
+        }
+        logs.add(LogLevel::Information, &name, "install", &line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_millis(500));
+        assert_eq!(backoff(2), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(2));
+        assert_eq!(backoff(40), MAX_BACKOFF);
+    }
+}
