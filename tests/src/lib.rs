@@ -1,1 +1,293 @@
-//! e2e test harness
+//! End-to-end test harness: starts the real `modhost` binary on a free port
+//! with a temporary modules directory, and talks to it over HTTP.
+//!
+//! Binaries come from the workspace's target directory (`cargo test
+//! --workspace` builds them: the packages that own them have integration
+//! tests). Layout:
+//! - [`Server`]: a running `modhost` process, stopped with SIGTERM on drop;
+//! - [`ModuleDir`]: a module directory assembled for a test;
+//! - [`python_venv`]: the virtual environment with the official CodeProject.AI
+//!   Python SDK, created on first use.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_owned()
+}
+
+/// The profile directory the running test was built into (`target/debug`).
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test>-<hash>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test executable sits in target/<profile>/deps")
+        .to_owned()
+}
+
+/// Path of a workspace binary or example, e.g. `binary("modhost")`,
+/// `binary("examples/echo")`.
+///
+/// # Panics
+/// When it has not been built, saying how to build it.
+pub fn binary(name: &str) -> PathBuf {
+    let path = profile_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds it",
+        path.display()
+    );
+    path
+}
+
+/// A module directory under a server's modules dir.
+pub struct ModuleDir {
+    pub path: PathBuf,
+}
+
+impl ModuleDir {
+    /// Copies every file of `source` (non-recursive) into `modules/<name>`.
+    pub fn copy_from(modules: &Path, name: &str, source: &Path) -> Result<ModuleDir> {
+        let path = modules.join(name);
+        std::fs::create_dir_all(&path)?;
+        for entry in
+            std::fs::read_dir(source).with_context(|| format!("reading {}", source.display()))?
+        {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                std::fs::copy(entry.path(), path.join(entry.file_name()))?;
+            }
+        }
+        Ok(ModuleDir { path })
+    }
+}
+
+/// The Python virtual environment holding PyPI `codeproject-ai-sdk`, made on
+/// first use under `target/pyvenv` (shared by test runs; needs PyPI once).
+pub fn python_venv() -> Result<PathBuf> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let venv = profile_dir().parent().expect("target dir").join("pyvenv");
+    let marker = venv.join(".sdk-installed");
+    if marker.exists() {
+        return Ok(venv);
+    }
+    let run = |cmd: &mut Command| -> Result<()> {
+        let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+        if !out.status.success() {
+            bail!(
+                "{cmd:?} failed: {}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "codeproject-ai-sdk==0.0.21",
+    ]))?;
+    std::fs::write(&marker, "")?;
+    Ok(venv)
+}
+
+/// A running `modhost` with its own temporary root directory.
+pub struct Server {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    pub root: tempfile::TempDir,
+    pub http: reqwest::Client,
+    output: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// A fresh root with an empty `modules/` directory, not yet started.
+    pub fn root() -> Result<tempfile::TempDir> {
+        let root = tempfile::tempdir()?;
+        std::fs::create_dir_all(root.path().join("modules"))?;
+        Ok(root)
+    }
+
+    /// Starts `modhost` in `root` on a free port with `args` added, and waits
+    /// until it listens.
+    pub async fn start(root: tempfile::TempDir, args: &[&str]) -> Result<Server> {
+        let mut child = Command::new(binary("modhost"))
+            .current_dir(root.path())
+            .args(["--port", "0"])
+            .args(args)
+            // Below the test's own flags, which may set it again.
+            .env("MODHOST_REQUEST_TIMEOUT_SECS", "20")
+            // MODHOST_TEST_LOG, e.g. `debug`, shows more when a test fails.
+            .env(
+                "MODHOST_LOG",
+                std::env::var("MODHOST_TEST_LOG")
+                    .unwrap_or_else(|_| "info,actix_server=warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting modhost")?;
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        for stream in [
+            Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("piped")),
+        ] {
+            let output = Arc::clone(&output);
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(line.clone());
+                    output.lock().unwrap().push(line);
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let port = loop {
+            if let Some(status) = child.try_wait()? {
+                std::thread::sleep(Duration::from_millis(100)); // let the readers catch up
+                bail!(
+                    "modhost exited at start-up ({status}):\n{}",
+                    output.lock().unwrap().join("\n")
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("modhost did not report its address within 30 s");
+            }
+            let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) else {
+                continue;
+            };
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let addr = rest.split(',').next().unwrap_or("");
+                break addr
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .with_context(|| format!("no port in {line:?}"))?;
+            }
+        };
+        Ok(Server {
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+            root,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()?,
+            output,
+        })
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Everything the server printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().join("\n")
+    }
+
+    /// GET a JSON document.
+    pub async fn get_json(&self, path: &str) -> Result<Value> {
+        let response = self.http.get(self.url(path)).send().await?;
+        Ok(response.json().await?)
+    }
+
+    /// POST a urlencoded form, returning status and JSON body.
+    pub async fn post_form(&self, path: &str, form: &[(&str, &str)]) -> Result<(u16, Value)> {
+        let response = self.http.post(self.url(path)).form(form).send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await?))
+    }
+
+    /// The `/v1/module/list/status` entry of `module_id`.
+    pub async fn module_status(&self, module_id: &str) -> Result<Value> {
+        let list = self.get_json("/v1/module/list/status").await?;
+        list["statuses"]
+            .as_array()
+            .and_then(|s| s.iter().find(|m| m["moduleId"] == module_id))
+            .cloned()
+            .with_context(|| format!("{module_id} not in {list}"))
+    }
+
+    /// Polls until `module_id` reports `status`, up to `timeout`.
+    pub async fn wait_for_status(
+        &self,
+        module_id: &str,
+        status: &str,
+        timeout: Duration,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let entry = self.module_status(module_id).await?;
+            if entry["status"] == status {
+                return Ok(entry);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{module_id} did not reach {status} within {timeout:?}; last: {entry}\nserver output:\n{}",
+                    self.output()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its status.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        // SAFETY: kill(2) has no memory effects.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("modhost did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// True while a process with this pid exists (and is not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- modhost output ----\n{}", self.output());
+        }
+    }
+}

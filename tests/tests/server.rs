@@ -1,0 +1,442 @@
+//! The real `modhost` binary against bad input, with the test itself playing
+//! the module: a manifest launches `sleep`, and the test long-polls the queue
+//! and posts replies as a module would (reference/codeproject-protocol.md §1).
+
+use std::time::{Duration, Instant};
+
+use modhost_tests::Server;
+use serde_json::{json, Value};
+
+/// A module whose process only sleeps; the test answers its queue.
+const FAKE_MODULE: &str = r#"{
+  // comments and trailing commas are allowed
+  "Modules": { "Fake": {
+    "Name": "Fake", "Version": "1.0.0",
+    "LaunchSettings": { "Command": "sleep 600", "Runtime": "execute", "AutoStart": true, },
+    "RouteMaps": [
+      { "Name": "Work", "Route": "fake/work", "Method": "POST", "Command": "work",
+        "Inputs": [ { "Name": "n", "Type": "Integer", "MinValue": 1, "MaxValue": 10 },
+                    { "Name": "t", "Type": "Float", "MinValue": 0, "MaxValue": 2 } ] },
+    ],
+  } }
+}"#;
+
+async fn server_with(manifests: &[(&str, &str)], args: &[&str]) -> Server {
+    let root = Server::root().unwrap();
+    for (name, text) in manifests {
+        let dir = root.path().join("modules").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("modulesettings.json"), text).unwrap();
+    }
+    Server::start(root, args).await.unwrap()
+}
+
+/// Polls the Fake module's queue once, as the module would.
+async fn poll(server: &Server) -> Option<Value> {
+    let response = server
+        .http
+        .get(server.url("/v1/queue/fake_queue?moduleId=Fake"))
+        .send()
+        .await
+        .unwrap();
+    match response.status().as_u16() {
+        200 => Some(response.json().await.unwrap()),
+        204 => None,
+        other => panic!("poll answered {other}"),
+    }
+}
+
+/// Polls until a command arrives (the first poll also marks Fake Started).
+async fn next_command(server: &Server) -> Value {
+    loop {
+        if let Some(item) = poll(server).await {
+            return item;
+        }
+    }
+}
+
+async fn started_fake(args: &[&str]) -> Server {
+    let server = server_with(&[("Fake", FAKE_MODULE)], args).await;
+    // The first poll marks the module Started; it returns 204 after ≤10 s at
+    // most, so run it in the background.
+    let http = server.http.clone();
+    let url = server.url("/v1/queue/fake_queue?moduleId=Fake");
+    let first = tokio::spawn(async move { http.get(url).send().await });
+    server
+        .wait_for_status("Fake", "Started", Duration::from_secs(20))
+        .await
+        .unwrap();
+    first.abort();
+    server
+}
+
+#[tokio::test]
+async fn command_round_trip_through_a_module_that_polls() {
+    let server = started_fake(&[]).await;
+    let client = {
+        let http = server.http.clone();
+        let url = server.url("/v1/fake/work/extra/seg?n=3");
+        tokio::spawn(async move {
+            http.post(url)
+                .form(&[("t", "1.5"), ("note", "x")])
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    };
+    let item = next_command(&server).await;
+    assert_eq!(item["reqtype"], "work");
+    let payload = &item["payload"];
+    assert_eq!(payload["command"], "work");
+    assert_eq!(payload["urlSegments"], json!(["extra", "seg"]));
+    let values = payload["values"].as_array().unwrap();
+    assert!(
+        values.contains(&json!({"key": "n", "value": ["3"]})),
+        "{values:?}"
+    );
+    assert!(
+        values.contains(&json!({"key": "t", "value": ["1.5"]})),
+        "{values:?}"
+    );
+    let reqid = item["reqid"].as_str().unwrap();
+    // The Python SDK posts its reply as text/plain: any content type is fine.
+    let saved = server
+        .http
+        .post(server.url(&format!("/v1/queue/{reqid}?moduleId=Fake")))
+        .header("Content-Type", "text/plain; charset=utf-8")
+        .body(
+            json!({"success": true, "answer": 42, "moduleId": "Fake", "command": "work"})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(saved.status(), 200);
+    assert_eq!(saved.text().await.unwrap(), "Response saved.");
+    let reply = client.await.unwrap();
+    assert_eq!(reply["answer"], 42, "{reply}");
+    assert!(reply["analysisRoundTripMs"].is_u64());
+    assert_eq!(
+        server.module_status("Fake").await.unwrap()["requestCount"],
+        1
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
+    let server = started_fake(&["--max-body-bytes", "1048576"]).await;
+    let post = |path: &str| server.http.post(server.url(path));
+
+    // Unknown route: 404 with a JSON body.
+    let r = post("/v1/nothing/here")
+        .form(&[("a", "b")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["success"], false);
+    assert!(
+        body["error"].as_str().unwrap().contains("/v1/nothing/here"),
+        "{body}"
+    );
+
+    // Malformed JSON.
+    let r = post("/v1/fake/work")
+        .header("Content-Type", "application/json")
+        .body(r#"{"n": 3"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed JSON body"),
+        "{body}"
+    );
+
+    // Invalid UTF-8 in a form.
+    let r = post("/v1/fake/work")
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(b"n=\xff\xfe".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("UTF-8"), "{body}");
+
+    // Malformed multipart.
+    let r = post("/v1/fake/work")
+        .header("Content-Type", "multipart/form-data; boundary=XYZ")
+        .body("--XYZ\r\nnonsense")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("multipart"),
+        "{body}"
+    );
+
+    // Values checked against the route map before anything is queued.
+    for (field, value, expected) in [
+        ("n", "ten", "expected an integer"),
+        ("n", "11", "expected at most 10"),
+        ("t", "-1", "expected at least 0"),
+    ] {
+        let (status, body) = server
+            .post_form("/v1/fake/work", &[(field, value)])
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.contains(&format!("input '{field}'")) && error.contains(expected),
+            "{error}"
+        );
+    }
+
+    // Unsupported content type.
+    let r = post("/v1/fake/work")
+        .header("Content-Type", "image/png")
+        .body(vec![1, 2, 3])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+
+    // Oversized body: 413.
+    let r = post("/v1/fake/work")
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(vec![b'a'; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("1048576 bytes"),
+        "{body}"
+    );
+
+    // None of it was queued, and the server still answers.
+    assert!(poll(&server).await.is_none());
+    let ping = server.get_json("/v1/server/status/ping").await.unwrap();
+    assert_eq!(ping["success"], true);
+}
+
+#[tokio::test]
+async fn garbage_or_unknown_replies_from_a_module_are_refused_clearly() {
+    let server = started_fake(&[]).await;
+    // A reply for a reqid nobody waits for.
+    let r = server
+        .http
+        .post(server.url("/v1/queue/no-such-reqid?moduleId=Fake"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.text().await.unwrap(), "failure to set response.");
+
+    // A garbage reply: the waiting client gets an explicit failure.
+    let client = {
+        let http = server.http.clone();
+        let url = server.url("/v1/fake/work");
+        tokio::spawn(async move {
+            http.post(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    };
+    let item = next_command(&server).await;
+    let r = server
+        .http
+        .post(server.url(&format!("/v1/queue/{}", item["reqid"].as_str().unwrap())))
+        .body("this is not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let reply = client.await.unwrap();
+    assert_eq!(reply["success"], false);
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid JSON response from backend"),
+        "{reply}"
+    );
+}
+
+#[tokio::test]
+async fn timeouts_and_full_queues_fail_explicitly() {
+    let server = started_fake(&["--request-timeout-secs", "2", "--queue-length", "1"]).await;
+    let sent = Instant::now();
+    let first = {
+        let http = server.http.clone();
+        let url = server.url("/v1/fake/work");
+        tokio::spawn(async move {
+            http.post(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    };
+    // Once the first command sits in the queue, the next one overflows it.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while server.module_status("Fake").await.unwrap()["queued"] != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the first command was never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, full) = server.post_form("/v1/fake/work", &[]).await.unwrap();
+    assert_eq!(full["success"], false);
+    assert!(full["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("Request queue 'fake_queue' is full (#reqid "));
+
+    let timed_out = first.await.unwrap();
+    assert_eq!(timed_out["success"], false);
+    assert!(
+        timed_out["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("The request timed out (#reqid "),
+        "{timed_out}"
+    );
+    assert!(sent.elapsed() < Duration::from_secs(10));
+    // The timed-out command is not handed to the module afterwards.
+    assert!(poll(&server).await.is_none());
+}
+
+#[tokio::test]
+async fn a_poll_whose_client_went_away_is_not_handed_a_command() {
+    use tokio::io::AsyncWriteExt;
+    let server = started_fake(&[]).await;
+    // A module poll whose process dies while it waits: the request is sent,
+    // then the connection is closed, before any command exists.
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut gone = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    gone.write_all(
+        format!("GET /v1/queue/fake_queue?moduleId=Fake HTTP/1.1\r\nHost: {addr}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await; // the server is now waiting on it
+    drop(gone);
+    // A live poll waits behind the dead one.
+    let live = {
+        let http = server.http.clone();
+        let url = server.url("/v1/queue/fake_queue?moduleId=Fake");
+        tokio::spawn(async move { http.get(url).send().await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let client = {
+        let http = server.http.clone();
+        let url = server.url("/v1/fake/work");
+        tokio::spawn(async move {
+            http.post(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    };
+    let response = tokio::time::timeout(Duration::from_secs(5), live)
+        .await
+        .expect("the command went to the abandoned poll")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let item: Value = response.json().await.unwrap();
+    let reqid = item["reqid"].as_str().unwrap().to_owned();
+    server
+        .http
+        .post(server.url(&format!("/v1/queue/{reqid}")))
+        .body(r#"{"success":true,"moduleId":"Fake"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(client.await.unwrap()["success"], true);
+}
+
+#[tokio::test]
+async fn invalid_manifests_are_skipped_and_missing_files_reported() {
+    let bad_type = FAKE_MODULE
+        .replace("\"Fake\"", "\"BadType\"")
+        .replace("\"AutoStart\": true", "\"AutoStart\": \"sometimes\"");
+    let missing_file = r#"{"Modules":{"Missing":{"Name":"Missing","Version":"1.0.0",
+        "LaunchSettings":{"FilePath":"no_such_binary","Runtime":"execute"},
+        "RouteMaps":[{"Name":"x","Route":"missing/x","Method":"POST","Command":"x"}]}}}"#;
+    let server = server_with(
+        &[
+            ("Fake", FAKE_MODULE),
+            ("BadType", &bad_type),
+            ("Broken", "{ \"Modules\": { "),
+            ("Missing", missing_file),
+        ],
+        &[],
+    )
+    .await;
+    let list = server.get_json("/v1/module/list/status").await.unwrap();
+    let ids: Vec<&str> = list["statuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["moduleId"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"Fake") && ids.contains(&"Missing"), "{ids:?}");
+    assert!(!ids.contains(&"BadType") && ids.len() == 2, "{ids:?}");
+
+    let missing = server
+        .wait_for_status("Missing", "FailedStart", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        missing["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("no_such_binary"),
+        "{missing}"
+    );
+    let (_, body) = server.post_form("/v1/missing/x", &[]).await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not running (status: FailedStart)"),
+        "{body}"
+    );
+
+    let log = server
+        .get_json("/v1/log/list?count=100")
+        .await
+        .unwrap()
+        .to_string();
+    assert!(
+        log.contains("BadType") && log.contains("/AutoStart"),
+        "{log}"
+    );
+    assert!(log.contains("Broken"), "{log}");
+}
