@@ -6,7 +6,10 @@
 //! "Long-running routes". One long command runs at a time; its id is the
 //! request id of the command that started it. modhost adds the `failed`
 //! status (the Python SDK reports a failure as `completed` with an error)
-//! and remembers the last few finished commands, not just the latest.
+//! and remembers the last few finished commands, not just the latest. A
+//! cancelled command ends `completed`, as in the Python SDK, so that clients
+//! polling until `completed` stop; its message and the module's result
+//! (e.g. LlamaChat's `stop_reason`) say it was cancelled.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -256,7 +259,7 @@ impl LongCommands {
                     "error": null,
                 }));
                 reply.extend(result);
-                reply.insert("commandStatus".into(), "cancelled".into());
+                reply.insert("commandStatus".into(), "completed".into());
                 reply
             }
             Some(Finished::Failed(error)) => {
@@ -310,8 +313,7 @@ impl LongCommands {
                 "message": "The command had already finished",
                 "commandId": id,
                 "commandStatus": match done {
-                    Finished::Completed(_) => "completed",
-                    Finished::Cancelled(_) => "cancelled",
+                    Finished::Completed(_) | Finished::Cancelled(_) => "completed",
                     Finished::Failed(_) => "failed",
                 },
             }))),
@@ -432,14 +434,18 @@ mod tests {
         assert!(h.is_cancelled());
         reg.finish("c1", Ok(obj(json!({"reply": "partial"}))));
         let r = reg.status_reply(Some("c1"), no_extra);
-        assert_eq!(r["commandStatus"], "cancelled");
+        assert_eq!(
+            r["commandStatus"], "completed",
+            "as the Python SDK reports it"
+        );
+        assert_eq!(r["message"], "The command was cancelled");
         assert_eq!(r["success"], true);
         assert_eq!(r["reply"], "partial");
         // Cancelling again reports the final state.
         let CancelOutcome::Reply(again) = reg.cancel(Some("c1")) else {
             panic!("finished command is not cancelled again");
         };
-        assert_eq!(again["commandStatus"], "cancelled");
+        assert_eq!(again["commandStatus"], "completed");
         assert_eq!(again["message"], "The command had already finished");
     }
 

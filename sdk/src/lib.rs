@@ -90,7 +90,9 @@ pub use context::{ModuleContext, DEFAULT_PORT};
 pub use error::ModuleError;
 pub use logging::{init_logging, log};
 pub use request::{FileData, RequestData, ValueError};
-pub use runner::{run, run_with, RunOptions, DRAIN_GRACE, LONG_GRACE, STATUS_INTERVAL};
+pub use runner::{
+    run, run_with, RunOptions, CANCEL_WAIT, DRAIN_GRACE, LONG_GRACE, STATUS_INTERVAL,
+};
 
 use serde_json::{Map, Value};
 

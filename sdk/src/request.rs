@@ -210,9 +210,13 @@ impl RequestData {
         self
     }
 
-    /// Adds a single-element value; builder style, for tests.
+    /// Adds a value (a further one for a key already present, as a repeated
+    /// form field arrives); builder style, for tests.
     pub fn with_value(mut self, key: &str, value: &str) -> Self {
-        self.values.push((key.to_owned(), vec![value.to_owned()]));
+        match self.values.iter_mut().find(|(k, _)| k == key) {
+            Some((_, list)) => list.push(value.to_owned()),
+            None => self.values.push((key.to_owned(), vec![value.to_owned()])),
+        }
         self
     }
 

@@ -36,6 +36,9 @@ use crate::{LongProcess, ModuleRunner, Outcome};
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 /// How long shutdown waits for in-flight commands to post their replies.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// How long `cancel_command` waits for the cancelled command to return
+/// before it answers.
+pub const CANCEL_WAIT: Duration = Duration::from_secs(2);
 /// How long shutdown waits for a cancelled long command to return.
 pub const LONG_GRACE: Duration = Duration::from_secs(5);
 /// First reconnect delay after a failed poll; doubles per failure.
@@ -219,6 +222,15 @@ impl<R: ModuleRunner> Engine<R> {
                     info!(command_id = id, "long command cancelled");
                     if let Err(e) = guarded(|| self.runner.cancel(id)) {
                         warn!(command_id = id, "cancel hook {e}");
+                    }
+                    // Answer once the command has stopped, so that the
+                    // client's next long command is not refused as "already
+                    // in progress".
+                    if !self.commands.wait_idle(CANCEL_WAIT) {
+                        warn!(
+                            command_id = id,
+                            "long command still running {CANCEL_WAIT:?} after cancel"
+                        );
                     }
                     reply
                 }

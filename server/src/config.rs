@@ -56,7 +56,7 @@ pub struct Cli {
     pub log_dir: Option<PathBuf>,
     /// Run no module install scripts; a module that is not installed stays
     /// NotAvailable [default: false].
-    #[arg(long, env = "MODHOST_NO_INSTALL")]
+    #[arg(long, env = "MODHOST_NO_INSTALL", num_args = 0..=1, default_missing_value = "true")]
     pub no_install: Option<bool>,
 }
 
@@ -248,6 +248,20 @@ mod tests {
         let cli = Cli::parse_from(["modhost", "--config", file.path().to_str().unwrap()]);
         let err = Config::from_cli(cli).unwrap_err().to_string();
         assert!(err.contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn no_install_is_a_flag_that_also_takes_a_value() {
+        let config = Config::from_cli(Cli::parse_from(["modhost", "--no-install"])).unwrap();
+        assert!(config.no_install);
+        let config =
+            Config::from_cli(Cli::parse_from(["modhost", "--no-install", "false"])).unwrap();
+        assert!(!config.no_install);
+        assert!(
+            !Config::from_cli(Cli::parse_from(["modhost"]))
+                .unwrap()
+                .no_install
+        );
     }
 
     #[test]

@@ -141,6 +141,18 @@ pub async fn run(
             modules.len()
         ),
     );
+    let local = listener.local_addr()?;
+    let host = if local.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        local.ip().to_string()
+    };
+    logs.add(
+        LogLevel::Information,
+        "Server",
+        "",
+        &format!("dashboard: http://{host}:{port}/  explorer: http://{host}:{port}/explorer.html"),
+    );
 
     let queues = Queues::new(config.queue_length);
     let modules_stop = CancellationToken::new();

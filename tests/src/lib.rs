@@ -7,13 +7,16 @@
 //! - [`Server`]: a running `modhost` process, stopped with SIGTERM on drop;
 //! - [`ModuleDir`]: a module directory assembled for a test;
 //! - [`python_venv`]: the virtual environment with the official CodeProject.AI
-//!   Python SDK, created on first use.
+//!   Python SDK, created on first use;
+//! - [`compat`]: the scenarios every module SDK passes under the server.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+pub mod compat;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -70,6 +73,81 @@ impl ModuleDir {
             }
         }
         Ok(ModuleDir { path })
+    }
+
+    /// `tests/modules/python_demo`, the module on the official Python SDK,
+    /// as `modules/PythonDemo`, its Local runtime pointing at [`python_venv`].
+    pub fn python_demo(modules: &Path) -> Result<ModuleDir> {
+        let venv = python_venv()?;
+        let module = Self::copy_from(
+            modules,
+            "PythonDemo",
+            &workspace_root().join("tests/modules/python_demo"),
+        )?;
+        // RuntimeLocation Local: <module>/bin/linux/python311/venv/bin/python3.
+        let local = module.path.join("bin/linux/python311");
+        std::fs::create_dir_all(&local)?;
+        std::os::unix::fs::symlink(&venv, local.join("venv"))?;
+        Ok(module)
+    }
+
+    /// The SDK's example module `examples/echo` as `modules/Echo`.
+    pub fn echo(modules: &Path) -> Result<ModuleDir> {
+        let module = Self::copy_from(modules, "Echo", &workspace_root().join("sdk/examples/echo"))?;
+        std::fs::copy(binary("examples/echo"), module.path.join("echo"))?;
+        Ok(module)
+    }
+
+    /// The LlamaChat module as `modules/LlamaChat`, installed from the debug
+    /// build, with the demo model `preset` (`tiny` or `small`) written into
+    /// its `models/` and named in its manifest. Its module process uses one
+    /// thread per chat (the tests share the cores).
+    pub fn llama_chat(modules: &Path, preset: &str) -> Result<ModuleDir> {
+        let source = workspace_root().join("modules/llama_chat");
+        let module = Self::copy_from(modules, "LlamaChat", &source)?;
+        std::fs::create_dir_all(module.path.join("bin"))?;
+        std::fs::copy(binary("llama_chat"), module.path.join("bin/llama_chat"))?;
+        let filename = format!("modhost-demo-{preset}.gguf");
+        let model = module.path.join("models").join(&filename);
+        std::fs::create_dir_all(model.parent().expect("has a parent"))?;
+        let out = Command::new(binary("llama_chat"))
+            .args(["demo-model", "--preset", preset])
+            .arg(&model)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "writing the demo model: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        module.set_env("CPAI_MODULE_LLAMA_MODEL_FILENAME", &filename)?;
+        module.set_env("CPAI_MODULE_LLAMA_THREADS", "1")?;
+        Ok(module)
+    }
+
+    /// Sets `name` in the manifest's `EnvironmentVariables` (which the server
+    /// passes to the module, above its own environment): replaces the string
+    /// value it has there, or adds it. Edits the text, so comments survive.
+    pub fn set_env(&self, name: &str, value: &str) -> Result<()> {
+        let file = self.path.join("modulesettings.json");
+        let text = std::fs::read_to_string(&file)?;
+        let value = serde_json::json!(value).to_string();
+        let key = format!("\"{name}\":");
+        let text = if let Some(at) = text.find(&key) {
+            // The old value: the next string literal after the key.
+            let open = at + key.len() + text[at + key.len()..].find('"').context("no value")?;
+            let close = open + 1 + text[open + 1..].find('"').context("unterminated value")?;
+            format!("{}{}{}", &text[..open], value, &text[close + 1..])
+        } else {
+            let marker = "\"EnvironmentVariables\": {";
+            let at = text
+                .find(marker)
+                .with_context(|| format!("no EnvironmentVariables in {}", file.display()))?
+                + marker.len();
+            format!("{}\n        {key} {value},{}", &text[..at], &text[at..])
+        };
+        std::fs::write(&file, text)?;
+        Ok(())
     }
 }
 

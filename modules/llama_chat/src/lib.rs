@@ -10,10 +10,16 @@
 //! - [`text`]: stateful UTF-8 decoding of token pieces and stop strings.
 //! - [`gguf`]: a small GGUF writer and the random-weight demo model used by tests,
 //!   the installer and benchmarks.
-//! - `module` (and `main.rs`): the CodeProject-style module on `modhost-sdk`: input
-//!   validation, model location and download, streaming into the command status.
+//! - [`model`]: where the model file comes from (configured, downloaded, or the
+//!   generated demo model).
+//! - [`module`] (and `main.rs`): the CodeProject-style module on `modhost-sdk`: input
+//!   validation and streaming into the command status.
 
 pub mod engine;
 pub mod gguf;
+pub mod model;
+pub mod module;
 pub mod template;
 pub mod text;
+
+pub use module::LlamaChat;

@@ -1,0 +1,495 @@
+//! The LlamaChat module on `modhost-sdk`: the `prompt` command of route
+//! `text/chat` as a long-running command.
+//!
+//! A chat is validated and started at once (bad values, a prompt longer than
+//! the context or `max_tokens` beyond it are answered immediately as errors);
+//! it then runs as the SDK's long process, appending each piece to the reply
+//! that `get_command_status` returns, until the model ends it, `max_tokens` or
+//! a stop string is reached, or `cancel_command` stops it before the next
+//! token. Behaviour of CodeProject.AI's LlamaChat, reference/codeproject-protocol.md
+//! §4, plus `top_p`, `top_k`, `seed`, `stop` and token statistics.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use modhost_sdk::{
+    json_object, CommandHandle, ModuleContext, ModuleError, ModuleRunner, Outcome, RequestData,
+};
+use parking_lot::Mutex;
+use serde_json::{json, Map, Value};
+
+use crate::engine::{
+    default_threads, CancelToken, ChatRequest, EngineConfig, Generation, GenerationEvent,
+    Generator, LlamaEngine, Summary, MAX_TEMPERATURE,
+};
+use crate::model::ModelSource;
+
+/// The system prompt when the request gives none (CodeProject's LlamaChat's).
+pub const DEFAULT_SYSTEM_PROMPT: &str =
+    "You're a helpful assistant who answers questions the user asks of you concisely and accurately.";
+
+/// The temperature when the request gives none (CodeProject's LlamaChat's).
+pub const DEFAULT_TEMPERATURE: f64 = 0.4;
+
+/// The command of route `text/chat`.
+pub const CHAT_COMMAND: &str = "prompt";
+
+/// The chat that is running: what `get_command_status` and `cancel_command`
+/// need while the long process owns the [`Generation`].
+struct Running {
+    command_id: String,
+    /// The reply so far; appended per piece, copied only when polled.
+    reply: Arc<Mutex<String>>,
+    completion_tokens: Arc<AtomicU32>,
+    cancel: CancelToken,
+}
+
+/// The LlamaChat module: a [`Generator`] (the real [`LlamaEngine`], loaded in
+/// `initialise`, or one given by a test) behind CodeProject's chat protocol.
+pub struct LlamaChat {
+    generator: Option<Arc<dyn Generator>>,
+    /// Fields added to the 2-second status (model, context size, threads).
+    info: Map<String, Value>,
+    // parking_lot: held for a field copy or swap, never while generating.
+    running: Mutex<Option<Running>>,
+}
+
+impl Default for LlamaChat {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LlamaChat {
+    /// A module that loads its model in `initialise`, from the environment
+    /// ([`ModelSource`], [`engine_config_from_env`]).
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            generator: None,
+            info: Map::new(),
+            running: Mutex::new(None),
+        }
+    }
+
+    /// A module around an existing generator (tests, benchmarks).
+    #[must_use]
+    pub fn with_generator(generator: Arc<dyn Generator>) -> Self {
+        let info = json_object(json!({ "model": generator.model_name() }));
+        Self {
+            generator: Some(generator),
+            info,
+            running: Mutex::new(None),
+        }
+    }
+
+    fn generator(&self) -> Result<&Arc<dyn Generator>, ModuleError> {
+        self.generator
+            .as_ref()
+            .ok_or_else(|| ModuleError::new("the model is not loaded"))
+    }
+
+    /// Starts a chat and returns the long process that follows it.
+    fn chat(&self, request: &RequestData) -> Result<Outcome, ModuleError> {
+        let chat = chat_request(request)?;
+        let generation = self
+            .generator()?
+            .start(chat)
+            .map_err(|e| ModuleError::new(e.to_string()))?;
+        let running = Running {
+            command_id: request.request_id().to_owned(),
+            reply: Arc::default(),
+            completion_tokens: Arc::default(),
+            cancel: generation.cancel_token(),
+        };
+        let (reply, tokens) = (
+            Arc::clone(&running.reply),
+            Arc::clone(&running.completion_tokens),
+        );
+        *self.running.lock() = Some(running);
+        let model = self.generator()?.model_name();
+        Ok(Outcome::Long(Box::new(move |cmd: &CommandHandle| {
+            follow(cmd, &generation, &reply, &tokens).map(|summary| {
+                let text = reply.lock().clone();
+                final_result(text, &summary, &model)
+            })
+        })))
+    }
+}
+
+/// Reads the generation's events into `reply` until it ends.
+fn follow(
+    cmd: &CommandHandle,
+    generation: &Generation,
+    reply: &Mutex<String>,
+    tokens: &AtomicU32,
+) -> Result<Summary, ModuleError> {
+    loop {
+        match generation.recv() {
+            GenerationEvent::Piece(piece) => {
+                reply.lock().push_str(&piece);
+                tokens.fetch_add(1, Ordering::Relaxed);
+                // The cancel hook already stopped the generation; this covers
+                // a cancel that came before the hook could see the chat.
+                if cmd.is_cancelled() {
+                    generation.cancel();
+                }
+            }
+            GenerationEvent::Done(summary) => return Ok(summary),
+            GenerationEvent::Failed(e) => return Err(ModuleError::new(e.to_string())),
+        }
+    }
+}
+
+/// The final `get_command_status` fields of a chat.
+fn final_result(reply: String, s: &Summary, model: &str) -> Map<String, Value> {
+    json_object(json!({
+        "success": true,
+        "reply": reply,
+        "stop_reason": s.stop_reason,
+        "prompt_tokens": s.prompt_tokens,
+        "completion_tokens": s.completion_tokens,
+        "tokens_per_second": s.tokens_per_second,
+        "time_to_first_token_ms": s.time_to_first_token_ms,
+        "inferenceMs": s.inference_ms,
+        "processMs": s.inference_ms,
+        "seed": s.seed,
+        "model": model,
+    }))
+}
+
+/// The chat a request asks for, with CodeProject's defaults.
+///
+/// # Errors
+/// A missing `prompt`, or a value of the wrong type or out of range, naming it.
+pub fn chat_request(request: &RequestData) -> Result<ChatRequest, ModuleError> {
+    let prompt = request.string("prompt")?;
+    if prompt.trim().is_empty() {
+        return Err(ModuleError::new("value 'prompt' is empty"));
+    }
+    let out_of_range = |key: &str, value: String, expected: &str| {
+        ModuleError::new(format!("value '{key}' is {value}: expected {expected}"))
+    };
+    let max_tokens = request.int_or("max_tokens", 0)?;
+    let max_tokens = u32::try_from(max_tokens).map_err(|_| {
+        out_of_range(
+            "max_tokens",
+            max_tokens.to_string(),
+            "0 (as many as fit) or more",
+        )
+    })?;
+    let temperature = request.float_or("temperature", DEFAULT_TEMPERATURE)?;
+    if !(0.0..=f64::from(MAX_TEMPERATURE)).contains(&temperature) {
+        return Err(out_of_range(
+            "temperature",
+            temperature.to_string(),
+            "0 to 2",
+        ));
+    }
+    let top_p = request.float_or("top_p", 1.0)?;
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(out_of_range(
+            "top_p",
+            top_p.to_string(),
+            "more than 0 and at most 1",
+        ));
+    }
+    let top_k = request.int_or("top_k", 0)?;
+    let top_k = u32::try_from(top_k)
+        .map_err(|_| out_of_range("top_k", top_k.to_string(), "0 (off) or more"))?;
+    let seed = match request.get("seed").filter(|s| !s.trim().is_empty()) {
+        None => None,
+        Some(_) => {
+            let seed = request.int("seed")?;
+            Some(
+                u32::try_from(seed)
+                    .map_err(|_| out_of_range("seed", seed.to_string(), "0 to 4294967295"))?,
+            )
+        }
+    };
+    Ok(ChatRequest {
+        prompt,
+        system_prompt: request.string_or("system_prompt", DEFAULT_SYSTEM_PROMPT),
+        max_tokens,
+        temperature: temperature as f32,
+        top_p: top_p as f32,
+        top_k,
+        seed,
+        stop: request
+            .values("stop")
+            .iter()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect(),
+    })
+}
+
+/// Engine settings from `CPAI_MODULE_LLAMA_THREADS` (default: the machine's
+/// cores), `CPAI_MODULE_LLAMA_CONTEXT_SIZE` (tokens; default the model's,
+/// capped at 4096; 0 = the model's), `CPAI_MODULE_LLAMA_BATCH_SIZE` (default
+/// 512) and `CPAI_MODULE_LLAMA_GPU_LAYERS` (default: all when llama.cpp was
+/// built with GPU support).
+///
+/// # Errors
+/// A variable that is not a non-negative integer, naming it.
+pub fn engine_config_from_env(
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<EngineConfig, ModuleError> {
+    let number = |name: &str| -> Result<Option<u32>, ModuleError> {
+        match var(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+        {
+            None => Ok(None),
+            Some(v) => v
+                .parse::<u32>()
+                .map(Some)
+                .map_err(|_| ModuleError::new(format!("{name} is '{v}': expected a whole number"))),
+        }
+    };
+    let defaults = EngineConfig::default();
+    Ok(EngineConfig {
+        threads: number("CPAI_MODULE_LLAMA_THREADS")?
+            .filter(|&n| n > 0)
+            .unwrap_or_else(default_threads),
+        context_size: number("CPAI_MODULE_LLAMA_CONTEXT_SIZE")?,
+        batch_size: number("CPAI_MODULE_LLAMA_BATCH_SIZE")?
+            .filter(|&n| n > 0)
+            .unwrap_or(defaults.batch_size),
+        gpu_layers: number("CPAI_MODULE_LLAMA_GPU_LAYERS")?,
+        ..defaults
+    })
+}
+
+impl ModuleRunner for LlamaChat {
+    fn initialise(&mut self, ctx: &ModuleContext) -> Result<(), ModuleError> {
+        if self.generator.is_some() {
+            return Ok(());
+        }
+        let source = ModelSource::from_env(&ctx.module_path);
+        let path = source
+            .ensure()
+            .map_err(|e| ModuleError::new(e.to_string()))?;
+        let config = engine_config_from_env(|name| std::env::var(name).ok())?;
+        let engine = LlamaEngine::load(&path, config.clone())
+            .map_err(|e| ModuleError::new(e.to_string()))?;
+        self.info = json_object(json!({
+            "model": engine.model_name(),
+            "modelPath": path.display().to_string(),
+            "contextSize": engine.context_size(),
+            "threads": config.threads,
+            "promptFormat": engine.prompt_format(),
+        }));
+        tracing::info!(model = %engine.model_name(), path = %path.display(), "LlamaChat ready");
+        self.generator = Some(Arc::new(engine));
+        Ok(())
+    }
+
+    fn process(&self, request: &RequestData) -> Result<Outcome, ModuleError> {
+        match request.command() {
+            CHAT_COMMAND => self.chat(request),
+            other => Err(ModuleError::new(format!(
+                "unknown command '{other}': LlamaChat handles '{CHAT_COMMAND}' (route text/chat)"
+            ))),
+        }
+    }
+
+    fn command_status(&self, command_id: &str) -> Map<String, Value> {
+        let running = self.running.lock();
+        match running.as_ref().filter(|r| r.command_id == command_id) {
+            Some(r) => json_object(json!({
+                "reply": r.reply.lock().clone(),
+                "completion_tokens": r.completion_tokens.load(Ordering::Relaxed),
+            })),
+            None => Map::new(),
+        }
+    }
+
+    fn cancel(&self, command_id: &str) {
+        if let Some(r) = self
+            .running
+            .lock()
+            .as_ref()
+            .filter(|r| r.command_id == command_id)
+        {
+            r.cancel.cancel();
+        }
+    }
+
+    fn selftest(&self) -> Result<(), ModuleError> {
+        let chat = ChatRequest {
+            max_tokens: 16,
+            temperature: 0.0,
+            ..ChatRequest::new("How many planets are there in the solar system?")
+        };
+        let (reply, summary) = self
+            .generator()?
+            .start(chat)
+            .and_then(Generation::wait)
+            .map_err(|e| ModuleError::new(format!("chat failed: {e}")))?;
+        if summary.completion_tokens == 0 {
+            return Err(ModuleError::new("the model generated nothing"));
+        }
+        tracing::info!(
+            tokens = summary.completion_tokens,
+            tokens_per_second = summary.tokens_per_second,
+            "self-test chat: {reply:?}"
+        );
+        Ok(())
+    }
+
+    fn status(&self) -> Map<String, Value> {
+        self.info.clone()
+    }
+
+    fn inference_device(&self) -> String {
+        self.generator
+            .as_ref()
+            .map_or_else(|| "CPU".to_owned(), |g| g.inference_device())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::tests::TINY;
+
+    fn module() -> LlamaChat {
+        // The shared tiny engine, behind a fresh module.
+        struct Shared;
+        impl Generator for Shared {
+            fn start(&self, r: ChatRequest) -> Result<Generation, crate::engine::ChatError> {
+                TINY.engine.start(r)
+            }
+            fn model_name(&self) -> String {
+                TINY.engine.model_name()
+            }
+        }
+        LlamaChat::with_generator(Arc::new(Shared))
+    }
+
+    fn chat(values: &[(&str, &str)]) -> RequestData {
+        values.iter().fold(
+            RequestData::new("prompt").with_request_id("c1"),
+            |r, (k, v)| r.with_value(k, v),
+        )
+    }
+
+    fn run_long(outcome: Outcome, cmd: &CommandHandle) -> Map<String, Value> {
+        match outcome {
+            Outcome::Long(job) => job(cmd).unwrap(),
+            Outcome::Done(map) => panic!("expected a long process, got {map:?}"),
+        }
+    }
+
+    #[test]
+    fn request_values_are_read_with_codeproject_defaults() {
+        let r = chat_request(&chat(&[
+            ("prompt", "Hi"),
+            ("stop", "A"),
+            ("stop", "B"),
+            ("seed", "7"),
+        ]))
+        .unwrap();
+        assert_eq!(r.system_prompt, DEFAULT_SYSTEM_PROMPT);
+        assert_eq!(r.max_tokens, 0);
+        assert!((f64::from(r.temperature) - DEFAULT_TEMPERATURE).abs() < 1e-6);
+        assert_eq!(r.stop, ["A", "B"]);
+        assert_eq!(r.seed, Some(7));
+        // Unfilled form fields arrive as empty strings and mean "default".
+        let r = chat_request(&chat(&[("prompt", "Hi"), ("seed", ""), ("max_tokens", "")])).unwrap();
+        assert_eq!((r.seed, r.max_tokens), (None, 0));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (values, expected) in [
+            (&[][..], "missing value 'prompt'"),
+            (&[("prompt", "  ")][..], "value 'prompt' is empty"),
+            (
+                &[("prompt", "x"), ("temperature", "-1")][..],
+                "value 'temperature' is -1: expected 0 to 2",
+            ),
+            (
+                &[("prompt", "x"), ("max_tokens", "-5")][..],
+                "value 'max_tokens' is -5",
+            ),
+            (
+                &[("prompt", "x"), ("max_tokens", "many")][..],
+                "value 'max_tokens' is 'many'",
+            ),
+            (&[("prompt", "x"), ("top_p", "0")][..], "value 'top_p' is 0"),
+            (&[("prompt", "x"), ("seed", "-1")][..], "value 'seed' is -1"),
+        ] {
+            let err = chat_request(&chat(values)).unwrap_err().to_string();
+            assert!(err.contains(expected), "{values:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_chat_streams_into_command_status_and_ends_with_statistics() {
+        let m = module();
+        let outcome = m
+            .process(&chat(&[
+                ("prompt", "Hi"),
+                ("max_tokens", "12"),
+                ("seed", "3"),
+            ]))
+            .unwrap();
+        let cmd = CommandHandle::new("c1");
+        let result = run_long(outcome, &cmd);
+        assert_eq!(result["stop_reason"], "length");
+        assert_eq!(result["completion_tokens"], 12);
+        assert!(!result["reply"].as_str().unwrap().is_empty());
+        assert!(result["prompt_tokens"].as_u64().unwrap() > 0);
+        assert!(result["tokens_per_second"].as_f64().unwrap() > 0.0);
+        assert_eq!(result["model"], TINY.engine.model_name());
+    }
+
+    #[test]
+    fn errors_found_before_generating_are_answered_at_once() {
+        let m = module();
+        let err = m
+            .process(&chat(&[("prompt", "Hi"), ("max_tokens", "100000")]))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("max_tokens 100000 does not fit"),
+            "{err}"
+        );
+        let err = m.process(&RequestData::new("summarise")).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown command 'summarise'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cancel_stops_the_chat_and_keeps_the_partial_reply() {
+        let m = module();
+        let outcome = m
+            .process(&chat(&[("prompt", "Hi"), ("temperature", "1")]))
+            .unwrap();
+        let cmd = CommandHandle::new("c1");
+        // Cancel as soon as the reply is under way, from another thread, as
+        // the SDK's cancel_command does.
+        let result = std::thread::scope(|scope| {
+            let job = scope.spawn(|| run_long(outcome, &cmd));
+            while m.command_status("c1")["completion_tokens"]
+                .as_u64()
+                .unwrap_or(0)
+                < 2
+            {
+                std::thread::yield_now();
+            }
+            cmd.cancel();
+            m.cancel("c1");
+            job.join().unwrap()
+        });
+        assert_eq!(result["stop_reason"], "cancelled");
+        let tokens = result["completion_tokens"].as_u64().unwrap();
+        assert!(
+            tokens < 900,
+            "{tokens} tokens: the cancel did not stop the chat"
+        );
+    }
+}
