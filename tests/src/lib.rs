@@ -98,30 +98,39 @@ impl ModuleDir {
         Ok(module)
     }
 
-    /// The LlamaChat module as `modules/LlamaChat`, installed from the debug
-    /// build, with the demo model `preset` (`tiny` or `small`) written into
-    /// its `models/` and named in its manifest. Its module process uses one
-    /// thread per chat (the tests share the cores).
+    /// The LlamaChat module as `modules/LlamaChat`, installed from this
+    /// profile's build, with the demo model `preset` (`tiny` or `small`)
+    /// written into its `models/`. Its module process uses one thread per
+    /// chat (the tests share the cores).
     pub fn llama_chat(modules: &Path, preset: &str) -> Result<ModuleDir> {
+        let scratch = tempfile::tempdir()?;
+        let model = write_demo_model(
+            preset,
+            &scratch.path().join(format!("modhost-demo-{preset}.gguf")),
+        )?;
+        Self::llama_chat_with_model(modules, &model, 1)
+    }
+
+    /// The LlamaChat module as `modules/LlamaChat` with `model` moved (or, if
+    /// it is kept elsewhere, linked) into its `models/` and named in its
+    /// manifest, generating with `threads` threads.
+    pub fn llama_chat_with_model(modules: &Path, model: &Path, threads: u32) -> Result<ModuleDir> {
         let source = workspace_root().join("modules/llama_chat");
         let module = Self::copy_from(modules, "LlamaChat", &source)?;
         std::fs::create_dir_all(module.path.join("bin"))?;
         std::fs::copy(binary("llama_chat"), module.path.join("bin/llama_chat"))?;
-        let filename = format!("modhost-demo-{preset}.gguf");
-        let model = module.path.join("models").join(&filename);
-        std::fs::create_dir_all(model.parent().expect("has a parent"))?;
-        let out = Command::new(binary("llama_chat"))
-            .args(["demo-model", "--preset", preset])
-            .arg(&model)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "writing the demo model: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+        let filename = model
+            .file_name()
+            .context("a model file name")?
+            .to_string_lossy()
+            .into_owned();
+        let target = module.path.join("models").join(&filename);
+        std::fs::create_dir_all(module.path.join("models"))?;
+        if std::fs::rename(model, &target).is_err() {
+            std::os::unix::fs::symlink(model, &target)?;
         }
         module.set_env("CPAI_MODULE_LLAMA_MODEL_FILENAME", &filename)?;
-        module.set_env("CPAI_MODULE_LLAMA_THREADS", "1")?;
+        module.set_env("CPAI_MODULE_LLAMA_THREADS", &threads.to_string())?;
         Ok(module)
     }
 
@@ -149,6 +158,22 @@ impl ModuleDir {
         std::fs::write(&file, text)?;
         Ok(())
     }
+}
+
+/// Writes the random-weight demo model `preset` (`tiny`, `small`, `bench`)
+/// to `path` with `llama_chat demo-model`; returns `path`.
+pub fn write_demo_model(preset: &str, path: &Path) -> Result<PathBuf> {
+    let out = Command::new(binary("llama_chat"))
+        .args(["demo-model", "--preset", preset])
+        .arg(path)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "writing the {preset} demo model: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(path.to_owned())
 }
 
 /// The Python virtual environment holding PyPI `codeproject-ai-sdk`, made on
@@ -269,6 +294,11 @@ impl Server {
                 .build()?,
             output,
         })
+    }
+
+    /// Process id of the server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// `base` + `path`.

@@ -10,10 +10,12 @@
 //! stop-string filter and are streamed to the caller over a bounded channel as
 //! [`GenerationEvent`]s.
 //!
-//! One chat runs at a time per engine: a generation thread holds the engine's slot
-//! while it has a context, so threads × contexts never exceed the configured threads.
-//! A chat started while another finishes (for example right after a cancel, which
-//! lands within one token) waits for the slot and then runs.
+//! Each engine has one generation thread, started with it, which owns the llama.cpp
+//! context and runs chats one after another: threads × contexts never exceed the
+//! configured threads, the context (and its KV cache) is allocated once and cleared
+//! between chats, and llama.cpp's worker threads are reused. A chat started while
+//! another finishes (for example right after a cancel, which lands within one token)
+//! waits in the thread's bounded queue and then runs.
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -459,9 +461,9 @@ pub struct LlamaEngine {
     n_ctx: u32,
     name: String,
     on_gpu: bool,
-    /// Held by the generation thread that owns a context: one chat at a time.
-    slot: Arc<Mutex<()>>,
-    /// Chats started and not yet finished (running or waiting for the slot).
+    /// Chats for the generation thread; closing it ends the thread.
+    jobs: Sender<(Job, GenerationSink)>,
+    /// Chats started and not yet finished (running or queued).
     in_flight: Arc<AtomicUsize>,
 }
 
@@ -513,6 +515,24 @@ impl LlamaEngine {
             .or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "model".to_owned());
         let format = pick_format(&model);
+        let model = Arc::new(model);
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let spec = ContextSpec {
+            n_ctx,
+            n_batch: config.batch_size.clamp(1, n_ctx),
+            threads: config.threads.max(1) as i32,
+        };
+        // Chats queue here beyond the running one; `start` refuses more than
+        // `max_waiting`, so the bound is never what blocks.
+        let (jobs, queued) = crossbeam_channel::bounded(config.max_waiting + 1);
+        let (worker_model, counter) = (Arc::clone(&model), Arc::clone(&in_flight));
+        std::thread::Builder::new()
+            .name("llama-generate".into())
+            .spawn(move || generation_thread(&worker_model, spec, &queued, &counter))
+            .map_err(|e| LoadError::Load {
+                path: path.to_path_buf(),
+                reason: format!("cannot start the generation thread: {e}"),
+            })?;
         tracing::info!(
             model = %name,
             path = %path.display(),
@@ -524,14 +544,14 @@ impl LlamaEngine {
             "model loaded"
         );
         Ok(Self {
-            model: Arc::new(model),
+            model,
             format,
             n_ctx,
             name,
             on_gpu: gpu_layers > 0 && backend.supports_gpu_offload(),
             config,
-            slot: Arc::new(Mutex::new(())),
-            in_flight: Arc::new(AtomicUsize::new(0)),
+            jobs,
+            in_flight,
         })
     }
 
@@ -662,12 +682,8 @@ impl Generator for LlamaEngine {
 
         let seed = request.seed.unwrap_or_else(random_seed);
         let job = Job {
-            model: Arc::clone(&self.model),
             tokens,
             max_tokens,
-            n_ctx: context,
-            threads: self.config.threads.max(1) as i32,
-            n_batch: self.config.batch_size.clamp(1, context),
             temperature: request.temperature,
             top_p: request.top_p,
             top_k: request.top_k,
@@ -675,22 +691,12 @@ impl Generator for LlamaEngine {
             stop: request.stop,
         };
         let (sink, generation) = Generation::channel();
-        let slot = Arc::clone(&self.slot);
-        let counter = Arc::clone(&self.in_flight);
-        let spawned = std::thread::Builder::new()
-            .name("llama-generate".into())
-            .spawn(move || {
-                {
-                    let _slot = slot.lock();
-                    job.run(sink);
-                }
-                counter.fetch_sub(1, Ordering::SeqCst);
-            });
-        if let Err(e) = spawned {
+        if self.jobs.try_send((job, sink)).is_err() {
+            // Only when the generation thread died (a panic in llama.cpp code).
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
-            return Err(ChatError::Engine(format!(
-                "cannot start a generation thread: {e}"
-            )));
+            return Err(ChatError::Engine(
+                "the generation thread has stopped".into(),
+            ));
         }
         Ok(generation)
     }
@@ -716,15 +722,55 @@ fn random_seed() -> u32 {
     h.finish() as u32
 }
 
-/// Everything a generation thread needs, checked and moved in.
+/// The context every chat of an engine gets.
+#[derive(Debug, Clone, Copy)]
+struct ContextSpec {
+    /// Context size, tokens.
+    n_ctx: u32,
+    /// Prompt tokens per decode call (and llama.cpp's n_batch/n_ubatch).
+    n_batch: u32,
+    /// llama.cpp threads for generation and prompt processing.
+    threads: i32,
+}
+
+/// The engine's generation thread: runs queued chats in order on one context,
+/// created on first use and kept (its KV cache cleared) between chats. Ends when
+/// the engine is dropped.
+fn generation_thread(
+    model: &LlamaModel,
+    spec: ContextSpec,
+    jobs: &Receiver<(Job, GenerationSink)>,
+    in_flight: &AtomicUsize,
+) {
+    let mut ctx: Option<LlamaContext<'_>> = None;
+    for (job, sink) in jobs {
+        job.run(model, spec, &mut ctx, sink);
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A context of `spec` on `model`.
+fn new_context(model: &LlamaModel, spec: ContextSpec) -> Result<LlamaContext<'_>, ChatError> {
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(spec.n_ctx))
+        .with_n_batch(spec.n_batch)
+        .with_n_ubatch(spec.n_batch)
+        .with_n_threads(spec.threads)
+        .with_n_threads_batch(spec.threads);
+    let _guard = NEW_CONTEXT.lock();
+    model.new_context(backend(), params).map_err(|e| {
+        ChatError::Engine(format!(
+            "cannot create a context of {} tokens: {e}",
+            spec.n_ctx
+        ))
+    })
+}
+
+/// One chat, checked and moved to the generation thread.
 struct Job {
-    model: Arc<LlamaModel>,
     tokens: Vec<LlamaToken>,
     /// Already checked: `tokens.len() + max_tokens <= n_ctx`.
     max_tokens: u32,
-    n_ctx: u32,
-    threads: i32,
-    n_batch: u32,
     temperature: f32,
     top_p: f32,
     top_k: u32,
@@ -741,14 +787,25 @@ struct Progress {
 }
 
 impl Job {
-    fn run(self, sink: GenerationSink) {
+    /// Generates into `sink` on `ctx` (created if `None`; dropped after a failure so
+    /// that the next chat starts from a fresh one).
+    fn run<'m>(
+        self,
+        model: &'m LlamaModel,
+        spec: ContextSpec,
+        ctx: &mut Option<LlamaContext<'m>>,
+        sink: GenerationSink,
+    ) {
         let mut progress = Progress {
             started: Instant::now(),
             prompt_done: None,
             first_token: None,
             completion_tokens: 0,
         };
-        let result = self.generate(&sink, &mut progress);
+        let result = self.generate(model, spec, ctx, &sink, &mut progress);
+        if result.is_err() {
+            *ctx = None;
+        }
         match result {
             Ok(stop_reason) => {
                 let summary = self.summary(stop_reason, &progress);
@@ -803,39 +860,38 @@ impl Job {
         LlamaSampler::chain_simple(chain)
     }
 
-    fn context(&self) -> Result<LlamaContext<'_>, ChatError> {
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(self.n_ctx))
-            .with_n_batch(self.n_batch)
-            .with_n_ubatch(self.n_batch)
-            .with_n_threads(self.threads)
-            .with_n_threads_batch(self.threads);
-        let _guard = NEW_CONTEXT.lock();
-        self.model.new_context(backend(), params).map_err(|e| {
-            ChatError::Engine(format!(
-                "cannot create a context of {} tokens: {e}",
-                self.n_ctx
-            ))
-        })
-    }
-
-    fn generate(&self, sink: &GenerationSink, p: &mut Progress) -> Result<StopReason, ChatError> {
+    fn generate<'m>(
+        &self,
+        model: &'m LlamaModel,
+        spec: ContextSpec,
+        ctx: &mut Option<LlamaContext<'m>>,
+        sink: &GenerationSink,
+        p: &mut Progress,
+    ) -> Result<StopReason, ChatError> {
         if sink.is_cancelled() {
             return Ok(StopReason::Cancelled);
         }
-        let mut ctx = self.context()?;
+        let ctx = match ctx {
+            Some(ctx) => {
+                // The previous chat's tokens; positions start again at 0.
+                ctx.clear_kv_cache();
+                ctx
+            }
+            None => ctx.insert(new_context(model, spec)?),
+        };
         let decode_err = |e: llama_cpp_2::DecodeError| ChatError::Engine(format!("decode: {e}"));
-        let mut batch = LlamaBatch::new(self.n_batch as usize, 1);
+        let n_batch = spec.n_batch as usize;
+        let mut batch = LlamaBatch::new(n_batch, 1);
 
         // The prompt, in chunks of n_batch; logits only for its last token.
         let n_prompt = self.tokens.len();
         let mut last_index = 0;
-        for (chunk_no, chunk) in self.tokens.chunks(self.n_batch as usize).enumerate() {
+        for (chunk_no, chunk) in self.tokens.chunks(n_batch).enumerate() {
             if sink.is_cancelled() {
                 return Ok(StopReason::Cancelled);
             }
             batch.clear();
-            let base = chunk_no * self.n_batch as usize;
+            let base = chunk_no * n_batch;
             for (i, token) in chunk.iter().enumerate() {
                 let pos = base + i;
                 let is_last = pos + 1 == n_prompt;
@@ -848,7 +904,7 @@ impl Job {
         }
         p.prompt_done = Some(Instant::now());
 
-        let vocab = self.model.vocab();
+        let vocab = model.vocab();
         let mut sampler = self.sampler();
         let mut utf8 = Utf8Stream::new();
         let mut stops = StopFilter::new(&self.stop);
@@ -860,7 +916,7 @@ impl Job {
                 break StopReason::Cancelled;
             }
             // `sample` also accepts the token into the sampler state.
-            let token = sampler.sample(&ctx, last_index);
+            let token = sampler.sample(ctx, last_index);
             p.first_token.get_or_insert_with(Instant::now);
             if vocab.is_eog(token) {
                 break StopReason::Completed;
