@@ -23,11 +23,24 @@ use tracing_subscriber::EnvFilter;
 /// `Quiet` → warnings and errors, `Loud` → debug, otherwise info. Calling it
 /// again, or after another global subscriber was installed, does nothing.
 pub fn init_logging() {
+    init_logging_quieting(&[]);
+}
+
+/// [`init_logging`], with the `tracing` targets in `chatty` (e.g. a native
+/// library's, such as llama.cpp's `"llama.cpp"`) limited to warnings and
+/// errors unless `CPAI_LOG_VERBOSITY` is `Loud` or `RUST_LOG` is set.
+pub fn init_logging_quieting(chatty: &[&str]) {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
             let verbosity = std::env::var("CPAI_LOG_VERBOSITY").unwrap_or_default();
-            EnvFilter::new(default_directive(&verbosity))
+            let mut directives = default_directive(&verbosity).to_owned();
+            if !verbosity.trim().eq_ignore_ascii_case("loud") {
+                for target in chatty {
+                    directives.push_str(&format!(",{target}=warn"));
+                }
+            }
+            EnvFilter::new(directives)
         });
         // An error only means a subscriber is already installed (e.g. by the
         // module's own main or a test harness); keep that one.

@@ -76,14 +76,20 @@ impl ModuleDir {
     }
 
     /// `tests/modules/python_demo`, the module on the official Python SDK,
-    /// as `modules/PythonDemo`, its Local runtime pointing at [`python_venv`].
+    /// as `modules/PythonDemo`.
     pub fn python_demo(modules: &Path) -> Result<ModuleDir> {
-        let venv = python_venv()?;
-        let module = Self::copy_from(
+        Self::python_module(
             modules,
             "PythonDemo",
             &workspace_root().join("tests/modules/python_demo"),
-        )?;
+        )
+    }
+
+    /// A module on the official Python SDK, copied from `source` into
+    /// `modules/<name>`, its Local python3.11 runtime pointing at [`python_venv`].
+    pub fn python_module(modules: &Path, name: &str, source: &Path) -> Result<ModuleDir> {
+        let venv = python_venv()?;
+        let module = Self::copy_from(modules, name, source)?;
         // RuntimeLocation Local: <module>/bin/linux/python311/venv/bin/python3.
         let local = module.path.join("bin/linux/python311");
         std::fs::create_dir_all(&local)?;

@@ -49,7 +49,9 @@ enum Tool {
 }
 
 fn main() -> ExitCode {
-    modhost_sdk::init_logging();
+    // llama.cpp reports every model load in detail at info level (tracing
+    // target "llama-cpp-2"; the crate's own log plumbing is "llama_cpp_2").
+    modhost_sdk::init_logging_quieting(&["llama-cpp-2", "llama_cpp_2"]);
     let cli = Cli::parse();
     let ctx = match ModuleContext::from_env() {
         Ok(ctx) => ctx,

@@ -1,0 +1,228 @@
+// The dashboard (index.html): server figures, the module table with
+// start/stop/restart, and a live tail of the server log.
+// Everything the server or a module sends is shown as text (modhost.text/el).
+'use strict';
+(() => {
+  const { el, text } = modhost;
+  const $ = id => document.getElementById(id);
+
+  const POLL_MS = 2000;          // module table and system figures
+  const LOG_POLL_MS = 1500;
+  const LOG_MAX_ROWS = 500;      // older rows are dropped so the page stays light
+  const LOST_CONTACT_SECS = 30;  // as CodeProject's dashboard
+  // Statuses in which a module process exists or is on its way.
+  const RUNNING = new Set(['Started', 'Starting', 'Restarting', 'Installing']);
+
+  const rows = new Map();        // moduleId -> {tr, cells, buttons}
+  let lastUptime = null;
+
+  // Runs fn now and then every ms after it settles, so polls never overlap.
+  function every(ms, fn) {
+    const tick = async () => {
+      try { await fn(); } catch (err) { console.error(err); }
+      setTimeout(tick, ms);
+    };
+    tick();
+  }
+
+  let messageTimer = null;
+  function showMessage(msg) {
+    text('message', msg).hidden = false;
+    clearTimeout(messageTimer);
+    messageTimer = setTimeout(() => { $('message').hidden = true; }, 10000);
+  }
+
+  let connected = null;
+  function setConnected(ok) {
+    // Back after an outage: the server may have been upgraded.
+    if (ok && connected === false) refreshVersion().catch(() => {});
+    connected = ok;
+    const c = $('connection');
+    c.classList.toggle('offline', !ok);
+    text(c, ok ? 'online' : 'server unreachable');
+  }
+
+  // ---- server ------------------------------------------------------------
+
+  async function refreshVersion() {
+    const v = await modhost.get('server/status/version');
+    text('server-version', `modhost ${v.modhostVersion || '?'} · API ${v.message}`);
+  }
+
+  async function refreshSystem() {
+    const d = (await modhost.get('server/status/system-status')).data || {};
+    // A smaller uptime means the server restarted: log ids start again at 1.
+    if (lastUptime !== null && d.uptimeSecs < lastUptime) {
+      resetLog();
+      refreshVersion().catch(() => {});
+    }
+    lastUptime = d.uptimeSecs;
+    text('cpu', `${Number(d.cpuUsage || 0).toFixed(0)} %`);
+    text('cpu-count', d.cpuCount ? `${d.cpuCount} logical CPUs` : '');
+    const pct = d.systemMemTotal ? ` (${Math.round(100 * d.systemMemUsage / d.systemMemTotal)} %)` : '';
+    text('memory', `${modhost.bytes(d.systemMemUsage)}${pct}`);
+    text('memory-total', `of ${modhost.bytes(d.systemMemTotal)}`);
+    text('server-memory', modhost.bytes(d.serverMemUsage));
+    text('uptime', modhost.duration(d.uptimeSecs));
+    text('server-status', d.serverStatus);
+    const hasGpu = d.gpuName !== null && d.gpuName !== undefined;
+    $('gpu-card').hidden = !hasGpu;
+    if (hasGpu) {
+      text('gpu-name', `GPU: ${d.gpuName}`);
+      text('gpu', d.gpuUsage === null || d.gpuUsage === undefined ? '–' : `${Number(d.gpuUsage).toFixed(0)} %`);
+      text('gpu-memory', d.gpuMemUsage === null || d.gpuMemUsage === undefined ? '' : `${modhost.bytes(d.gpuMemUsage)} used`);
+    }
+  }
+
+  // ---- modules -----------------------------------------------------------
+
+  // Rows are built once and updated in place, so a button is never replaced
+  // under the user's pointer.
+  function buildRow(m) {
+    const id = m.moduleId;
+    const cells = {
+      name: el('span', { class: 'module-name' }),
+      id: el('span', { class: 'module-id' }),
+      status: el('span', { class: 'badge status' }),
+      error: el('span', { class: 'last-error' }),
+      version: el('td', { class: 'version' }),
+      requests: el('td', { class: 'num requests' }),
+      queued: el('td', { class: 'num queued' }),
+      lastSeen: el('td', { class: 'last-seen' }),
+      device: el('td', { class: 'device' }),
+    };
+    const buttons = {};
+    for (const [action, label] of [['start', 'Start'], ['stop', 'Stop'], ['restart', 'Restart']]) {
+      buttons[action] = el('button', {
+        type: 'button', 'data-action': action, class: action === 'stop' ? 'danger' : null,
+        onclick: () => act(id, action),
+      }, label);
+    }
+    const tr = el('tr', { 'data-module-id': id },
+      el('td', { class: 'name' }, cells.name, cells.id),
+      el('td', {}, cells.status, cells.error),
+      cells.version, cells.requests, cells.queued, cells.lastSeen, cells.device,
+      el('td', { class: 'actions' }, Object.values(buttons)));
+    return { tr, cells, buttons, pending: false };
+  }
+
+  function updateRow(row, m) {
+    const { cells, buttons, tr } = row;
+    const s = m.status;
+    tr.dataset.status = s;
+    text(cells.name, m.name);
+    text(cells.id, m.moduleId !== m.name ? m.moduleId : '');
+    text(cells.status, s);
+    cells.status.dataset.status = s;
+    text(cells.error, RUNNING.has(s) && s !== 'Restarting' ? '' : m.lastError);
+    text(cells.version, m.version);
+    text(cells.requests, m.requestCount);
+    text(cells.queued, m.queued);
+    text(cells.device, RUNNING.has(s) ? m.inferenceDevice : '');
+
+    const seenSecs = m.lastSeen ? (Date.now() - Date.parse(m.lastSeen)) / 1000 : null;
+    const lost = s === 'Started' && seenSecs !== null && seenSecs > LOST_CONTACT_SECS;
+    cells.lastSeen.replaceChildren(m.lastSeen ? modhost.ago(m.lastSeen) : 'never');
+    if (lost) cells.lastSeen.append(' ', el('span', { class: 'lost-contact', title: 'No poll or status from the module for over 30 s' }, 'LostContact'));
+    tr.toggleAttribute('data-lost-contact', lost);
+
+    if (!row.pending) {
+      buttons.start.disabled = RUNNING.has(s) || s === 'Stopping' || s === 'NotAvailable';
+      buttons.stop.disabled = !(RUNNING.has(s) || (m.autoStart && !['Stopped', 'Stopping', 'NotAvailable'].includes(s)));
+      buttons.restart.disabled = ['NotAvailable', 'Installing', 'Stopping'].includes(s);
+    }
+  }
+
+  async function act(moduleId, action) {
+    const row = rows.get(moduleId);
+    row.pending = true;
+    Object.values(row.buttons).forEach(b => { b.disabled = true; });
+    try {
+      if (action === 'restart') await modhost.setting(moduleId, 'Restart');
+      else await modhost.setting(moduleId, 'AutoStart', action === 'start');
+    } catch (err) {
+      showMessage(`${action} ${moduleId}: ${err.message}`);
+    } finally {
+      row.pending = false;
+      refreshModules().catch(() => {});
+    }
+  }
+
+  async function refreshModules() {
+    const statuses = (await modhost.get('module/list/status')).statuses || [];
+    const seen = new Set();
+    for (const m of statuses) {
+      seen.add(m.moduleId);
+      let row = rows.get(m.moduleId);
+      if (!row) {
+        row = buildRow(m);
+        rows.set(m.moduleId, row);
+        $('modules').append(row.tr);
+      }
+      updateRow(row, m);
+    }
+    for (const [id, row] of rows) {
+      if (!seen.has(id)) { row.tr.remove(); rows.delete(id); }
+    }
+    $('no-modules').hidden = statuses.length > 0;
+    updateFilter(statuses);
+  }
+
+  // ---- log tail ----------------------------------------------------------
+
+  const log = { lastId: 0, generation: 0 };
+
+  function updateFilter(statuses) {
+    const select = $('log-filter');
+    const have = new Set([...select.options].map(o => o.value));
+    for (const m of statuses) {
+      if (!have.has(m.moduleId)) select.append(el('option', { value: m.moduleId }, m.name));
+    }
+  }
+
+  function resetLog() {
+    log.lastId = 0;
+    log.generation++;   // drops the reply of a poll already in flight
+    $('log').replaceChildren();
+  }
+
+  function appendEntries(entries) {
+    const box = $('log');
+    const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+    for (const e of entries) {
+      log.lastId = Math.max(log.lastId, e.id);
+      const time = new Date(e.timestamp);
+      box.append(el('div', { class: 'log-entry', 'data-level': e.level, 'data-id': e.id, 'data-category': e.category },
+        el('span', { class: 'time', title: e.timestamp }, Number.isNaN(time.getTime()) ? '' : time.toLocaleTimeString([], { hour12: false })),
+        e.label ? el('span', { class: 'label' }, `[${e.label}]`) : null,
+        e.entry));
+    }
+    while (box.childElementCount > LOG_MAX_ROWS) box.firstElementChild.remove();
+    // Follow new lines only while the reader is at the bottom.
+    if (entries.length && $('log-autoscroll').checked && atBottom) box.scrollTop = box.scrollHeight;
+  }
+
+  async function pollLog() {
+    const generation = log.generation;
+    const query = new URLSearchParams({ count: log.lastId ? 500 : 200, last_id: log.lastId });
+    const filter = $('log-filter').value;
+    if (filter) query.set('moduleId', filter);
+    const reply = await modhost.get(`log/list?${query}`);
+    if (generation === log.generation) appendEntries(reply.entries || []);
+  }
+
+  // ---- start -------------------------------------------------------------
+
+  $('log-filter').addEventListener('change', () => { resetLog(); pollLog().catch(() => {}); });
+  $('log-clear').addEventListener('click', () => $('log').replaceChildren());
+  $('log-autoscroll').addEventListener('change', e => {
+    if (e.target.checked) $('log').scrollTop = $('log').scrollHeight;
+  });
+
+  refreshVersion().catch(() => {});
+  every(POLL_MS, async () => {
+    const results = await Promise.allSettled([refreshModules(), refreshSystem()]);
+    setConnected(results.some(r => r.status === 'fulfilled'));
+  });
+  every(LOG_POLL_MS, pollLog);
+})();

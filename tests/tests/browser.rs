@@ -1,0 +1,417 @@
+//! The dashboard and the explorer in headless Chromium (Debian's `chromium`
+//! and `chromium-driver`), driven over WebDriver with `fantoccini`, against
+//! the real server and the real LlamaChat module on a generated demo model.
+//! Screenshots of the dashboard and of a finished chat are saved under
+//! `target/screenshots/` for review.
+//!
+//! Tests take turns (one browser at a time: the machine has few cores).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use modhost_tests::{profile_dir, workspace_root, ModuleDir, Server};
+use serde_json::{json, Value};
+
+/// One browser test at a time.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A chromedriver process and a headless Chromium session on it.
+struct Browser {
+    client: Client,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let chromedriver = find_program(&["chromedriver", "chromium-driver"]).expect(
+            "chromedriver is missing: the browser tests need Debian's chromium and chromium-driver \
+             (apt-get install -y chromium chromium-driver); .ci/run installs them",
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting chromedriver");
+        let profile = tempfile::tempdir().unwrap();
+        // As root Chromium needs --no-sandbox; the networking flags keep it
+        // from calling out to Google's services on a closed network.
+        let args = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1280,1000",
+            &format!("--user-data-dir={}", profile.path().display()),
+        ];
+        let mut caps = serde_json::Map::new();
+        let mut options = json!({ "args": args });
+        if let Some(chromium) = find_program(&["chromium", "chromium-browser"]) {
+            options["binary"] = json!(chromium);
+        }
+        caps.insert("goog:chromeOptions".into(), options);
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = loop {
+            match ClientBuilder::new(HttpConnector::new())
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(client) => break client,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("cannot start a Chromium session through chromedriver: {e}"),
+            }
+        };
+        Browser {
+            client,
+            driver,
+            _profile: profile,
+        }
+    }
+
+    /// The text of the first element matching `css`, or None if there is none.
+    async fn text(&self, css: &str) -> Option<String> {
+        match self.client.find(Locator::Css(css)).await {
+            Ok(element) => element.text().await.ok(),
+            Err(_) => None,
+        }
+    }
+
+    /// Waits until the text of `css` satisfies `ok`; returns it.
+    async fn wait_text(&self, css: &str, timeout: Duration, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.text(css).await;
+            if let Some(text) = text.as_deref().filter(|t| ok(t)) {
+                return text.to_owned();
+            }
+            if Instant::now() > deadline {
+                self.screenshot("failure").await;
+                panic!("{css} never got the expected text; last: {text:?} (screenshot: target/screenshots/failure.png)");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn click(&self, css: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"))
+            .click()
+            .await
+            .unwrap();
+    }
+
+    /// Replaces the value of the input `css` with `text`.
+    async fn fill(&self, css: &str, text: &str) {
+        let element = self
+            .client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"));
+        element.clear().await.unwrap();
+        element.send_keys(text).await.unwrap();
+    }
+
+    /// Saves a PNG of the page as `target/screenshots/<name>.png`.
+    async fn screenshot(&self, name: &str) -> PathBuf {
+        let dir = screenshots_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.png"));
+        if let Ok(png) = self.client.screenshot().await {
+            std::fs::write(&path, png).unwrap();
+        }
+        path
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn screenshots_dir() -> PathBuf {
+    profile_dir()
+        .parent()
+        .expect("target dir")
+        .join("screenshots")
+}
+
+fn find_program(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    names
+        .iter()
+        .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
+        .find(|candidate| candidate.is_file())
+}
+
+/// modhost with the real LlamaChat module on the `small` demo model (slow
+/// enough to watch a reply grow and to stop it midway).
+async fn llama_server() -> Server {
+    let root = Server::root().unwrap();
+    ModuleDir::llama_chat(&root.path().join("modules"), "small").unwrap();
+    let server = Server::start(root, &["--no-install"]).await.unwrap();
+    server
+        .wait_for_status("LlamaChat", "Started", Duration::from_secs(60))
+        .await
+        .unwrap();
+    server
+}
+
+/// Opens the explorer and waits until LlamaChat's UI is injected.
+async fn open_chat(browser: &Browser, server: &Server) {
+    browser
+        .client
+        .goto(&server.url("/explorer.html"))
+        .await
+        .unwrap();
+    browser
+        .wait_text(
+            "button[data-category=\"Generative AI\"]",
+            Duration::from_secs(20),
+            |_| true,
+        )
+        .await;
+    browser
+        .click("button[data-category=\"Generative AI\"]")
+        .await;
+    browser
+        .wait_text("#LlamaChat_status", Duration::from_secs(20), |t| {
+            !t.is_empty()
+        })
+        .await;
+}
+
+const FINAL: &[&str] = &["completed", "length", "stop", "cancelled", "failed"];
+
+#[tokio::test]
+async fn the_dashboard_shows_llamachat_started_its_log_and_restart_brings_it_back() {
+    let _turn = TURN.lock().await;
+    let server = llama_server().await;
+    let browser = Browser::start().await;
+    browser.client.goto(&server.url("/")).await.unwrap();
+
+    let row = "tr[data-module-id=\"LlamaChat\"]";
+    browser
+        .wait_text(&format!("{row} .status"), Duration::from_secs(20), |t| {
+            t == "Started"
+        })
+        .await;
+    browser
+        .wait_text("#server-version", Duration::from_secs(10), |t| {
+            t.contains("0.1.0")
+        })
+        .await;
+    browser
+        .wait_text("#cpu", Duration::from_secs(10), |t| t.contains('%'))
+        .await;
+    assert_eq!(
+        browser.text(&format!("{row} .version")).await.as_deref(),
+        Some("1.7.1")
+    );
+    assert_eq!(
+        browser.text(&format!("{row} .device")).await.as_deref(),
+        Some("CPU")
+    );
+    // The live log tail has the module's start-up lines; filtered to LlamaChat
+    // it shows nothing else.
+    browser
+        .wait_text("#log", Duration::from_secs(10), |t| t.contains("LlamaChat"))
+        .await;
+    browser
+        .client
+        .find(Locator::Css("#log-filter"))
+        .await
+        .unwrap()
+        .select_by_value("LlamaChat")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await; // the tail refreshes every 1-2 s
+    let categories = browser
+        .client
+        .execute(
+            "return [...document.querySelectorAll('#log .log-entry')].map(e => e.dataset.category)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let categories = categories.as_array().unwrap();
+    assert!(!categories.is_empty(), "no log entries for LlamaChat");
+    assert!(
+        categories.iter().all(|c| c == "LlamaChat"),
+        "{categories:?}"
+    );
+    let shot = browser.screenshot("dashboard").await;
+    println!("dashboard screenshot: {}", shot.display());
+
+    let before = server.module_status("LlamaChat").await.unwrap();
+    browser
+        .click(&format!("{row} button[data-action=\"restart\"]"))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = server.module_status("LlamaChat").await.unwrap();
+        if now["launches"].as_u64() > before["launches"].as_u64() && now["status"] == "Started" {
+            assert_ne!(now["pid"], before["pid"]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Restart did not bring LlamaChat back: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser
+        .wait_text(&format!("{row} .status"), Duration::from_secs(20), |t| {
+            t == "Started"
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn a_chat_reply_grows_in_the_explorer_and_ends_with_statistics() {
+    let _turn = TURN.lock().await;
+    let server = llama_server().await;
+    let browser = Browser::start().await;
+    open_chat(&browser, &server).await;
+
+    browser
+        .fill("#LlamaChat_prompt", "Tell me about the stars.")
+        .await;
+    browser.fill("#LlamaChat_max_tokens", "250").await;
+    browser.click("#LlamaChat_send").await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut lengths = Vec::new();
+    let status = loop {
+        let reply = browser.text("#LlamaChat_reply").await.unwrap_or_default();
+        if lengths.last() != Some(&reply.len()) {
+            lengths.push(reply.len());
+        }
+        let status = browser.text("#LlamaChat_status").await.unwrap_or_default();
+        if FINAL.contains(&status.as_str()) {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the chat never finished");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    };
+    assert_eq!(status, "length");
+    let growing: Vec<&usize> = lengths.iter().filter(|&&l| l > 0).collect();
+    assert!(
+        growing.len() >= 3,
+        "the reply appeared at once rather than growing: {lengths:?}"
+    );
+    assert!(growing.windows(2).all(|w| w[0] < w[1]), "{lengths:?}");
+    let stats = browser
+        .wait_text("#LlamaChat_stats", Duration::from_secs(5), |t| {
+            !t.is_empty()
+        })
+        .await;
+    assert!(stats.contains("250"), "token count missing from {stats:?}");
+    assert!(stats.contains("tokens/s"), "{stats:?}");
+    assert!(stats.contains("length"), "{stats:?}");
+    let shot = browser.screenshot("chat").await;
+    println!("chat screenshot: {}; stats: {stats}", shot.display());
+}
+
+#[tokio::test]
+async fn stop_mid_generation_shows_the_chat_cancelled() {
+    let _turn = TURN.lock().await;
+    let server = llama_server().await;
+    let browser = Browser::start().await;
+    open_chat(&browser, &server).await;
+
+    browser
+        .fill("#LlamaChat_prompt", "Write a long story.")
+        .await;
+    browser.fill("#LlamaChat_max_tokens", "0").await;
+    browser.click("#LlamaChat_send").await;
+    browser
+        .wait_text("#LlamaChat_reply", Duration::from_secs(30), |t| {
+            t.len() > 10
+        })
+        .await;
+    browser.click("#LlamaChat_stop").await;
+    let status = browser
+        .wait_text("#LlamaChat_status", Duration::from_secs(20), |t| {
+            FINAL.contains(&t)
+        })
+        .await;
+    assert_eq!(status, "cancelled");
+    let stats = browser.text("#LlamaChat_stats").await.unwrap_or_default();
+    assert!(stats.contains("cancelled"), "{stats:?}");
+    browser.screenshot("chat-cancelled").await;
+}
+
+/// A reply carrying markup, from a LlamaChat stand-in on the official Python
+/// SDK that answers with the prompt (`tests/modules/scripted_chat`) behind
+/// the real explore.html.
+#[tokio::test]
+async fn markup_in_a_reply_is_shown_as_text_and_never_runs() {
+    let _turn = TURN.lock().await;
+    let root = Server::root().unwrap();
+    let module = ModuleDir::python_module(
+        &root.path().join("modules"),
+        "LlamaChat",
+        &workspace_root().join("tests/modules/scripted_chat"),
+    )
+    .unwrap();
+    std::fs::copy(
+        workspace_root().join("modules/llama_chat/explore.html"),
+        module.path.join("explore.html"),
+    )
+    .unwrap();
+    let server = Server::start(root, &[]).await.unwrap();
+    server
+        .wait_for_status("LlamaChat", "Started", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let browser = Browser::start().await;
+    open_chat(&browser, &server).await;
+
+    let payload =
+        r#"<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2"><b>bold</b>"#;
+    browser.fill("#LlamaChat_prompt", payload).await;
+    browser.click("#LlamaChat_send").await;
+    browser
+        .wait_text("#LlamaChat_status", Duration::from_secs(30), |t| {
+            FINAL.contains(&t)
+        })
+        .await;
+    let shown = browser.text("#LlamaChat_reply").await.unwrap();
+    assert_eq!(shown, payload, "the reply must appear literally");
+    let probe: Value = browser
+        .client
+        .execute(
+            "return {pwned: window.pwned ?? null, children: document.getElementById('LlamaChat_reply').children.length}",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        probe,
+        json!({"pwned": null, "children": 0}),
+        "markup in the reply was interpreted"
+    );
+    browser.screenshot("chat-markup").await;
+}
