@@ -292,14 +292,31 @@ mod tests {
         dir
     }
 
-    /// A valid manifest for module `id` with `patch` merged into its entry.
+    /// A valid manifest for module `id` with `patch` applied to its entry as
+    /// a JSON merge patch (RFC 7386: objects merge, `null` removes a key,
+    /// anything else, arrays included, replaces), so tests can empty an array
+    /// or drop a field. Not the .NET layering `merge` implements.
     fn manifest(id: &str, patch: Value) -> String {
+        fn merge_patch(target: &mut Value, patch: Value) {
+            match (target, patch) {
+                (Value::Object(target), Value::Object(patch)) => {
+                    for (key, value) in patch {
+                        if value.is_null() {
+                            target.remove(&key);
+                        } else {
+                            merge_patch(target.entry(key).or_insert(Value::Null), value);
+                        }
+                    }
+                }
+                (target, patch) => *target = patch,
+            }
+        }
         let mut module = json!({
             "Name": id,
             "LaunchSettings": {"FilePath": "run.py", "Runtime": "python3.11"},
             "RouteMaps": [{"Route": format!("{}/run", id.to_lowercase()), "Command": "run"}]
         });
-        merge(&mut module, patch);
+        merge_patch(&mut module, patch);
         json!({"Modules": {id: module}}).to_string()
     }
 
@@ -423,7 +440,8 @@ mod tests {
             error.problem
         );
         assert!(
-            error.problem.contains("line 3 column 21"),
+            // Column of the token where the colon was expected.
+            error.problem.contains("line 3 column 22"),
             "{}",
             error.problem
         );
@@ -694,8 +712,8 @@ mod tests {
             ],
         );
         let routes = load_module_dir(&dir, &linux()).unwrap().settings.route_maps;
-        // One, two and run (from `manifest`) in the base; the overlay only touched index 0.
-        assert_eq!(routes.len(), 3);
+        // One and two in the base; the overlay only touched index 0.
+        assert_eq!(routes.len(), 2);
         assert_eq!(routes[0].route, "a/one");
         assert!(!routes[0].mesh_enabled);
         assert!(routes[1].mesh_enabled);

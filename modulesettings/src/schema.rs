@@ -163,9 +163,11 @@ fn required_any_of_keyword<'a>(
 }
 
 impl RequiredAnyOf {
-    /// The first group with no property set, if any.
-    fn unmet_group(&self, instance: &Value) -> Option<&[String]> {
-        let object = instance.as_object()?;
+    /// The groups with no property set (none for a non-object).
+    fn unmet_groups(&self, instance: &Value) -> Vec<&[String]> {
+        let Some(object) = instance.as_object() else {
+            return Vec::new();
+        };
         let is_set = |name: &String| match object.get(name) {
             None | Some(Value::Null) => false,
             Some(Value::String(text)) => !text.trim().is_empty(),
@@ -173,8 +175,9 @@ impl RequiredAnyOf {
         };
         self.groups
             .iter()
-            .find(|group| !group.iter().any(is_set))
+            .filter(|group| !group.iter().any(is_set))
             .map(Vec::as_slice)
+            .collect()
     }
 }
 
@@ -184,20 +187,28 @@ impl Keyword for RequiredAnyOf {
         instance: &'i Value,
         location: &LazyLocation,
     ) -> Result<(), ValidationError<'i>> {
-        let Some(group) = self.unmet_group(instance) else {
+        let unmet = self.unmet_groups(instance);
+        if unmet.is_empty() {
             return Ok(());
-        };
-        let names: Vec<String> = group.iter().map(|name| format!("{name:?}")).collect();
+        }
+        // Every unmet group in one message, so one log line says it all.
+        let problems: Vec<String> = unmet
+            .iter()
+            .map(|group| {
+                let names: Vec<String> = group.iter().map(|name| format!("{name:?}")).collect();
+                format!("one of {} is required", names.join(" or "))
+            })
+            .collect();
         Err(ValidationError::custom(
             self.schema_path.clone(),
             location.into(),
             instance,
-            format!("one of {} is required", names.join(" or ")),
+            problems.join("; "),
         ))
     }
 
     fn is_valid(&self, instance: &Value) -> bool {
-        self.unmet_group(instance).is_none()
+        self.unmet_groups(instance).is_empty()
     }
 }
 
