@@ -169,10 +169,26 @@ fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, ModuleError> {
 /// What handling one command asks of the loop.
 #[derive(Debug, PartialEq)]
 enum Handled {
-    /// Post this (already enveloped) reply.
-    Reply(JsonMap),
+    /// Post this (already enveloped) reply; then, for a long command, drop
+    /// the gate so its process starts.
+    Reply(JsonMap, Option<StartGate>),
     /// `quit` for this module: stop, post nothing.
     Quit,
+}
+
+/// Holds a long process back until the reply that announces it is posted:
+/// the process starts when this is dropped. A process that starts at once
+/// competes for the cores with that reply (a chat's first token came
+/// several milliseconds late on two cores), and the client cannot follow or
+/// cancel the command before it has the commandId anyway.
+#[derive(Debug)]
+struct StartGate(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
+
+impl PartialEq for StartGate {
+    /// Gates carry no data; replies compare equal whatever gate they hold.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// The module's shared state: the runner, its context, the long-command
@@ -202,6 +218,7 @@ impl<R: ModuleRunner> Engine<R> {
     /// Dispatches one command and builds its reply envelope.
     fn handle(self: &Arc<Self>, request: &RequestData) -> Handled {
         let started = Instant::now();
+        let mut gate = None;
         let body = match request.command() {
             "quit" => match request.get("moduleId") {
                 Some(id) if !id.eq_ignore_ascii_case(&self.ctx.module_id) => error_body(&format!(
@@ -240,20 +257,28 @@ impl<R: ModuleRunner> Engine<R> {
                 Ok(()) => obj(json!({"success": true, "message": "Self-test passed"})),
                 Err(e) => error_body(&format!("Self-test failed: {e}")),
             },
-            _ => self.process(request),
+            _ => {
+                let (body, start) = self.process(request);
+                gate = start;
+                body
+            }
         };
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        Handled::Reply(envelope(
-            body,
-            &self.ctx,
-            request,
-            &self.inference_device(),
-            elapsed_ms,
-        ))
+        Handled::Reply(
+            envelope(
+                body,
+                &self.ctx,
+                request,
+                &self.inference_device(),
+                elapsed_ms,
+            ),
+            gate,
+        )
     }
 
-    /// Calls the module's `process` and counts the inference.
-    fn process(self: &Arc<Self>, request: &RequestData) -> JsonMap {
+    /// Calls the module's `process` and counts the inference; a long command
+    /// comes with the gate that starts it.
+    fn process(self: &Arc<Self>, request: &RequestData) -> (JsonMap, Option<StartGate>) {
         let started = Instant::now();
         let outcome = guarded(|| self.runner.process(request));
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -273,12 +298,16 @@ impl<R: ModuleRunner> Engine<R> {
             }
         };
         self.stats.record(&reply, elapsed_ms);
-        reply
+        (reply, None)
     }
 
-    /// Registers a long command and starts its thread; replies "running",
-    /// or refuses if one is already running.
-    fn start_long(self: &Arc<Self>, request: &RequestData, job: LongProcess) -> JsonMap {
+    /// Registers a long command and starts its thread, held by the returned
+    /// gate; replies "running", or refuses if one is already running.
+    fn start_long(
+        self: &Arc<Self>,
+        request: &RequestData,
+        job: LongProcess,
+    ) -> (JsonMap, Option<StartGate>) {
         // The request id is the command id; a hand-made request may lack one.
         let id = match request.request_id() {
             "" => uuid::Uuid::new_v4().to_string(),
@@ -293,26 +322,32 @@ impl<R: ModuleRunner> Engine<R> {
                     "error": "A long running command is already in progress",
                 }));
                 self.stats.record(&reply, 0);
-                return reply;
+                return (reply, None);
             }
         };
         let engine = Arc::clone(self);
         let span = tracing::Span::current();
+        let (gate, opened) = std::sync::mpsc::channel::<()>();
         let spawned = std::thread::Builder::new()
             .name(format!("long-command-{id}"))
-            .spawn(move || span.in_scope(|| engine.run_long(handle, job)));
+            .spawn(move || {
+                // Returns (with an error) once the gate is dropped.
+                let _ = opened.recv();
+                span.in_scope(|| engine.run_long(handle, job));
+            });
         if let Err(e) = spawned {
             let message = format!("cannot start the long running command: {e}");
             error!("{message}");
             self.commands.finish(&id, Err(message.clone()));
-            return error_body(&message);
+            return (error_body(&message), None);
         }
-        obj(json!({
+        let reply = obj(json!({
             "success": true,
             "message": "Command is running in the background",
             "commandId": id,
             "commandStatus": "running",
-        }))
+        }));
+        (reply, Some(StartGate(gate)))
     }
 
     /// Body of a long command's thread.
@@ -577,25 +612,33 @@ async fn handle_item<R: ModuleRunner>(
     let handled = handled.unwrap_or_else(|e| {
         // `handle` catches the module's panics; this is the SDK's own.
         error!(parent: &span, "handling the command failed: {e}");
-        Handled::Reply(envelope(
-            error_body(&format!(
-                "unable to process the request (#reqid {})",
-                request.request_id()
-            )),
-            &engine.ctx,
-            &request,
-            "CPU",
-            0,
-        ))
+        Handled::Reply(
+            envelope(
+                error_body(&format!(
+                    "unable to process the request (#reqid {})",
+                    request.request_id()
+                )),
+                &engine.ctx,
+                &request,
+                "CPU",
+                0,
+            ),
+            None,
+        )
     });
-    if let Handled::Reply(reply) = &handled {
-        if let Err(e) = client.post_reply(request.request_id(), reply).await {
-            warn!(parent: &span, "cannot post the reply: {e}");
-        } else {
-            debug!(parent: &span, success = %reply["success"], "reply posted");
+    match handled {
+        Handled::Reply(reply, gate) => {
+            if let Err(e) = client.post_reply(request.request_id(), &reply).await {
+                warn!(parent: &span, "cannot post the reply: {e}");
+            } else {
+                debug!(parent: &span, success = %reply["success"], "reply posted");
+            }
+            // A long command starts now that its client can follow it.
+            drop(gate);
+            Handled::Reply(reply, None)
         }
+        Handled::Quit => Handled::Quit,
     }
-    handled
 }
 
 /// A queue item that does not parse: answer with the error if it has a
@@ -617,7 +660,7 @@ async fn answer_malformed<R: ModuleRunner>(
             warn!(reqid, "cannot post the reply: {e}");
         }
     }
-    Handled::Reply(reply)
+    Handled::Reply(reply, None)
 }
 
 /// Posts `statusData` every [`STATUS_INTERVAL`], starting at once.

@@ -440,3 +440,165 @@ async fn invalid_manifests_are_skipped_and_missing_files_reported() {
     );
     assert!(log.contains("Broken"), "{log}");
 }
+
+/// The endpoints the explorer and dashboard use, against the Rust echo module
+/// with an explore.html: version, system figures, module lists with the cut
+/// explorer UI, module settings (stop, start), the log tail.
+#[tokio::test]
+async fn server_endpoints_serve_the_explorer_and_the_dashboard() {
+    let root = Server::root().unwrap();
+    let echo = modhost_tests::ModuleDir::echo(&root.path().join("modules")).unwrap();
+    std::fs::write(
+        echo.path.join("explore.html"),
+        "<html><style>/* START EXPLORER STYLE */.e{}/* END EXPLORER STYLE */</style>\
+         <!-- START EXPLORER MARKUP --><div id=\"_MID_x\"></div><!-- END EXPLORER MARKUP -->\
+         <script>// START EXPLORER SCRIPT\nlet x = 1;\n// END EXPLORER SCRIPT\n</script></html>",
+    )
+    .unwrap();
+    let server = Server::start(root, &[]).await.unwrap();
+    server
+        .wait_for_status("Echo", "Started", Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    let version = server.get_json("/v1/server/status/version").await.unwrap();
+    assert_eq!(version["message"], "2.9.6", "{version}");
+    assert_eq!(
+        server.get_json("/v1/server/status/ping").await.unwrap()["success"],
+        true
+    );
+    let system = server
+        .get_json("/v1/server/status/system-status")
+        .await
+        .unwrap();
+    let data = &system["data"];
+    assert!(data["cpuUsage"].is_number(), "{system}");
+    assert!(data["systemMemTotal"].as_u64().unwrap() > 0, "{system}");
+    assert!(data["serverMemUsage"].as_u64().unwrap() > 0, "{system}");
+
+    let running = server.get_json("/v1/module/list/running").await.unwrap();
+    let module = &running["modules"][0];
+    assert_eq!(module["moduleId"], "Echo", "{running}");
+    assert_eq!(module["routeMaps"][0]["route"], "echo/echo", "{module}");
+    assert_eq!(
+        module["uiElements"]["explorerUI"],
+        json!({"html": "<div id=\"_MID_x\"></div>", "script": "let x = 1;", "css": ".e{}"})
+    );
+    let installed = server.get_json("/v1/module/list").await.unwrap();
+    assert_eq!(installed["modules"][0]["moduleId"], "Echo", "{installed}");
+
+    // Stop, then start again, as the dashboard's buttons do.
+    let pid = server.module_status("Echo").await.unwrap()["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    let (code, body) = server
+        .post_form(
+            "/v1/server/settings/Echo",
+            &[("name", "AutoStart"), ("value", "false")],
+        )
+        .await
+        .unwrap();
+    assert_eq!((code, &body["success"]), (200, &json!(true)), "{body}");
+    server
+        .wait_for_status("Echo", "Stopped", Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(
+        !modhost_tests::process_alive(pid),
+        "the stopped module's process is gone"
+    );
+    let running = server.get_json("/v1/module/list/running").await.unwrap();
+    assert_eq!(
+        running["modules"],
+        json!([]),
+        "a stopped module is not running"
+    );
+    let (_, body) = server
+        .post_form("/v1/echo/echo", &[("text", "x")])
+        .await
+        .unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not running (status: Stopped)"),
+        "{body}"
+    );
+    server
+        .post_form(
+            "/v1/server/settings/Echo",
+            &[("name", "AutoStart"), ("value", "true")],
+        )
+        .await
+        .unwrap();
+    server
+        .wait_for_status("Echo", "Started", Duration::from_secs(20))
+        .await
+        .unwrap();
+    let (_, body) = server
+        .post_form("/v1/echo/echo", &[("text", "back")])
+        .await
+        .unwrap();
+    assert_eq!(body["message"], "back", "{body}");
+
+    // Bad settings requests are named.
+    let (code, body) = server
+        .post_form(
+            "/v1/server/settings/Echo",
+            &[("name", "Colour"), ("value", "red")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown setting 'colour'"),
+        "{body}"
+    );
+    let (code, body) = server
+        .post_form("/v1/server/settings/Nope", &[("name", "Restart")])
+        .await
+        .unwrap();
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = server
+        .post_form("/v1/server/settings/Echo", &[("value", "true")])
+        .await
+        .unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("malformed form body"),
+        "{body}"
+    );
+
+    // The log tail, filtered by module, then only what is new.
+    let log = server
+        .get_json("/v1/log/list?count=500&moduleId=Echo")
+        .await
+        .unwrap();
+    let entries = log["entries"].as_array().unwrap();
+    assert!(
+        entries.iter().any(|e| e["entry"]
+            .as_str()
+            .unwrap()
+            .contains("module Echo was stopped")),
+        "{log}"
+    );
+    assert!(entries.iter().all(|e| e["category"] == "Echo"), "{log}");
+    let last = entries.last().unwrap()["id"].as_u64().unwrap();
+    let newer = server
+        .get_json(&format!(
+            "/v1/log/list?count=500&last_id={last}&moduleId=Echo"
+        ))
+        .await
+        .unwrap();
+    assert!(newer["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["id"].as_u64().unwrap() > last));
+}

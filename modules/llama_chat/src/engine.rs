@@ -252,11 +252,27 @@ impl CancelToken {
     }
 }
 
-/// A running generation: read its events, cancel it. Dropping it cancels it.
-#[derive(Debug)]
+/// A chat's generation: read its events, cancel it. Dropping it cancels it.
+///
+/// An engine may hand the chat to its generation thread only when the
+/// generation is first read (or [`Generation::begin`] is called), so that the
+/// caller can answer its own client first without competing with the
+/// generation for the cores.
 pub struct Generation {
     events: Receiver<GenerationEvent>,
     cancel: CancelToken,
+    /// Starts the chat; taken on the first read, `begin` or drop.
+    // parking_lot: taken once, never held while waiting.
+    launch: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation")
+            .field("cancelled", &self.cancel.is_cancelled())
+            .field("begun", &self.launch.lock().is_none())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The producing end of a [`Generation`], for engines (real or fake).
@@ -302,8 +318,26 @@ impl Generation {
                 events: tx,
                 cancel: cancel.clone(),
             },
-            Generation { events: rx, cancel },
+            Generation {
+                events: rx,
+                cancel,
+                launch: Mutex::new(None),
+            },
         )
+    }
+
+    /// Makes `launch` run on the first read, [`Self::begin`] or drop, instead
+    /// of the generation running already.
+    pub fn launch_on_first_read(&self, launch: impl FnOnce() + Send + 'static) {
+        *self.launch.lock() = Some(Box::new(launch));
+    }
+
+    /// Starts the generation if it waits for its first read.
+    pub fn begin(&self) {
+        let launch = self.launch.lock().take();
+        if let Some(launch) = launch {
+            launch();
+        }
     }
 
     /// Asks the generation to stop before its next token. Events already produced
@@ -322,6 +356,7 @@ impl Generation {
     /// The next event, waiting for it. A producer that vanished without a final
     /// event yields `Failed(Disconnected)`.
     pub fn recv(&self) -> GenerationEvent {
+        self.begin();
         self.events
             .recv()
             .unwrap_or(GenerationEvent::Failed(ChatError::Disconnected))
@@ -329,6 +364,7 @@ impl Generation {
 
     /// The next event if one arrives within `timeout`.
     pub fn recv_timeout(&self, timeout: Duration) -> Option<GenerationEvent> {
+        self.begin();
         match self.events.recv_timeout(timeout) {
             Ok(event) => Some(event),
             Err(RecvTimeoutError::Timeout) => None,
@@ -357,14 +393,18 @@ impl Generation {
 impl Drop for Generation {
     fn drop(&mut self) {
         self.cancel.cancel();
+        // An unstarted chat still goes to the engine, already cancelled, so
+        // that the engine's accounting of chats stays whole.
+        self.begin();
     }
 }
 
 /// Something that generates chat replies. The module talks to this trait so that its
 /// logic can be tested with a fake; [`LlamaEngine`] is the real one.
 pub trait Generator: Send + Sync {
-    /// Starts a reply and returns at once; the reply streams through the
-    /// [`Generation`].
+    /// Checks and prepares a reply (template, tokens, fit) and returns at once;
+    /// the reply streams through the [`Generation`], and may begin only when it
+    /// is first read.
     ///
     /// # Errors
     /// Problems found before generating (invalid request, prompt too long, busy) are
@@ -691,13 +731,15 @@ impl Generator for LlamaEngine {
             stop: request.stop,
         };
         let (sink, generation) = Generation::channel();
-        if self.jobs.try_send((job, sink)).is_err() {
-            // Only when the generation thread died (a panic in llama.cpp code).
-            self.in_flight.fetch_sub(1, Ordering::SeqCst);
-            return Err(ChatError::Engine(
-                "the generation thread has stopped".into(),
-            ));
-        }
+        let (jobs, in_flight) = (self.jobs.clone(), Arc::clone(&self.in_flight));
+        generation.launch_on_first_read(move || {
+            // Fails only when the generation thread died (a panic in
+            // llama.cpp code); the dropped sink then ends the generation
+            // with `Disconnected`.
+            if jobs.try_send((job, sink)).is_err() {
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+            }
+        });
         Ok(generation)
     }
 
@@ -1106,6 +1148,19 @@ pub(crate) mod tests {
         // A full-context reply would take far longer than a cancelled one.
         assert!(started.elapsed() < Duration::from_secs(10));
         assert_eq!(m.engine.in_flight.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_chat_begins_only_when_its_generation_is_first_read() {
+        let generation = TINY.engine.start(req(3, 1.0, 9)).unwrap();
+        // Three tokens take well under a millisecond once begun.
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            generation.events.is_empty(),
+            "the chat ran before it was read"
+        );
+        let (_, s) = generation.wait().unwrap();
+        assert_eq!(s.completion_tokens, 3);
     }
 
     #[test]

@@ -122,7 +122,8 @@ fn engine() -> (Arc<Engine<TestModule>>, Arc<Probe>, std_mpsc::Sender<()>) {
 
 fn reply(handled: Handled) -> JsonMap {
     match handled {
-        Handled::Reply(reply) => reply,
+        // Dropping the gate starts a long command, as posting the reply does.
+        Handled::Reply(reply, _gate) => reply,
         Handled::Quit => panic!("expected a reply, got quit"),
     }
 }
@@ -724,4 +725,28 @@ async fn failed_poll_backs_off_then_recovers() {
         within(done).await.expect("module thread reports"),
         ExitCode::SUCCESS
     );
+}
+
+#[test]
+fn a_long_process_starts_only_once_its_reply_is_released() {
+    let (engine, _probe, release) = engine();
+    let Handled::Reply(started, gate) = engine.handle(&req("long", "c1")) else {
+        panic!("expected a reply");
+    };
+    assert_eq!(started["commandStatus"], "running");
+    let gate = gate.expect("a long command comes with its start gate");
+    let status = |engine: &Arc<Engine<TestModule>>| {
+        reply(engine.handle(&req("get_command_status", "s").with_value("commandId", "c1")))
+    };
+    // Held: the process has not run, so it published nothing yet.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(status(&engine).get("progress"), None);
+    drop(gate); // what posting the reply does
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&engine).get("progress").is_none() {
+        assert!(Instant::now() < deadline, "the process never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    release.send(()).unwrap();
+    assert!(engine.commands.wait_idle(Duration::from_secs(10)));
 }
