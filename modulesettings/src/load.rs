@@ -268,17 +268,8 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/modules")
     }
 
-    fn platform(os: &str, arch: &str) -> Platform {
-        Platform {
-            os: os.into(),
-            arch: arch.into(),
-            docker: false,
-            development: false,
-        }
-    }
-
     fn linux() -> Platform {
-        platform("linux", "x64")
+        Platform::new("linux", "x64")
     }
 
     /// A module directory in a temporary folder, built from file name and
@@ -374,7 +365,7 @@ mod tests {
             settings.install_options.module_releases[1].server_version_range,
             vec!["2.8.0", ""]
         );
-        assert!(!settings.is_platform_supported(&platform("windows", "arm64")));
+        assert!(!settings.is_platform_supported(&Platform::new("windows", "arm64")));
         assert!(settings.is_platform_supported(&linux()));
 
         let route = &settings.route_maps[0];
@@ -619,7 +610,7 @@ mod tests {
 
     #[test]
     fn settings_file_names_follow_codeproject_order() {
-        let mut platform = platform("linux", "arm64");
+        let mut platform = Platform::new("linux", "arm64");
         platform.development = true;
         platform.docker = true;
         assert_eq!(
@@ -659,15 +650,15 @@ mod tests {
                 ]
             )
         );
-        assert_eq!(layers(&dir, &platform("windows", "x64")).0, "windows");
-        assert_eq!(layers(&dir, &platform("macos", "arm64")).0, "base");
+        assert_eq!(layers(&dir, &Platform::new("windows", "x64")).0, "windows");
+        assert_eq!(layers(&dir, &Platform::new("macos", "arm64")).0, "base");
     }
 
     #[test]
     fn arch_variant_overrides_the_os_variant() {
         let temp = tempfile::tempdir().unwrap();
         let dir = variant_module(temp.path());
-        let (value, files) = layers(&dir, &platform("linux", "arm64"));
+        let (value, files) = layers(&dir, &Platform::new("linux", "arm64"));
         assert_eq!(value, "linux.arm64");
         assert_eq!(files.len(), 3);
     }
@@ -676,7 +667,7 @@ mod tests {
     fn development_variants_apply_only_in_development() {
         let temp = tempfile::tempdir().unwrap();
         let dir = variant_module(temp.path());
-        let mut mac = platform("macos", "x64");
+        let mut mac = Platform::new("macos", "x64");
         assert_eq!(layers(&dir, &mac).0, "base");
         mac.development = true;
         assert_eq!(layers(&dir, &mac).0, "development");
@@ -686,7 +677,7 @@ mod tests {
     fn docker_variants_apply_only_in_docker_and_last() {
         let temp = tempfile::tempdir().unwrap();
         let dir = variant_module(temp.path());
-        let mut arm = platform("linux", "arm64");
+        let mut arm = Platform::new("linux", "arm64");
         assert_eq!(layers(&dir, &arm).0, "linux.arm64");
         arm.docker = true;
         assert_eq!(layers(&dir, &arm).0, "docker");

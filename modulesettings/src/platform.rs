@@ -22,6 +22,17 @@ pub struct Platform {
 }
 
 impl Platform {
+    /// A platform with CodeProject's names, e.g. `Platform::new("linux",
+    /// "arm64")`, outside Docker and development mode.
+    pub fn new(os: &str, arch: &str) -> Platform {
+        Platform {
+            os: os.to_owned(),
+            arch: arch.to_owned(),
+            docker: false,
+            development: false,
+        }
+    }
+
     /// The platform this process runs on, from `std::env::consts`; `docker`
     /// is true when `/.dockerenv` exists; `development` is false (the server
     /// sets it from its configuration).
@@ -85,21 +96,18 @@ fn arch_from_rust(arch: &str) -> &str {
 mod tests {
     use super::*;
 
-    fn platform(os: &str, arch: &str) -> Platform {
-        Platform {
-            os: os.into(),
-            arch: arch.into(),
-            docker: false,
-            development: false,
-        }
-    }
-
     #[test]
     fn platform_name_omits_x64_and_appends_other_architectures() {
-        assert_eq!(platform("linux", "x64").platform_name(), "linux");
-        assert_eq!(platform("windows", "x64").platform_name(), "windows");
-        assert_eq!(platform("linux", "arm64").platform_name(), "linux-arm64");
-        assert_eq!(platform("macos", "arm64").platform_name(), "macos-arm64");
+        assert_eq!(Platform::new("linux", "x64").platform_name(), "linux");
+        assert_eq!(Platform::new("windows", "x64").platform_name(), "windows");
+        assert_eq!(
+            Platform::new("linux", "arm64").platform_name(),
+            "linux-arm64"
+        );
+        assert_eq!(
+            Platform::new("macos", "arm64").platform_name(),
+            "macos-arm64"
+        );
     }
 
     #[test]
@@ -119,12 +127,12 @@ mod tests {
 
     #[test]
     fn matches_os_os_arch_and_platform_name_ignoring_case() {
-        let arm = platform("linux", "arm64");
+        let arm = Platform::new("linux", "arm64");
         assert!(arm.matches_name("linux"));
         assert!(arm.matches_name("Linux-ARM64"));
         assert!(!arm.matches_name("linux-x64"));
         assert!(!arm.matches_name("windows"));
-        let x64 = platform("windows", "x64");
+        let x64 = Platform::new("windows", "x64");
         assert!(x64.matches_name("windows-x64"));
         assert!(!x64.matches_name("windows-arm64"));
     }

@@ -505,15 +505,6 @@ mod tests {
         })
     }
 
-    fn platform(os: &str, arch: &str) -> Platform {
-        Platform {
-            os: os.into(),
-            arch: arch.into(),
-            docker: false,
-            development: false,
-        }
-    }
-
     fn with_platforms(platforms: &[&str]) -> ModuleSettings {
         let mut settings = ModuleSettings::from_value(&minimal()).unwrap();
         settings.install_options.platforms = platforms.iter().map(|p| p.to_string()).collect();
@@ -653,9 +644,9 @@ mod tests {
 
     #[test]
     fn platform_support_honours_all_names_and_exclusions() {
-        let linux = platform("linux", "x64");
-        let linux_arm = platform("linux", "arm64");
-        let windows_arm = platform("windows", "arm64");
+        let linux = Platform::new("linux", "x64");
+        let linux_arm = Platform::new("linux", "arm64");
+        let windows_arm = Platform::new("windows", "arm64");
 
         let all_but = with_platforms(&["all", "!windows-arm64", "!raspberrypi"]);
         assert!(all_but.is_platform_supported(&linux));
@@ -716,7 +707,7 @@ mod tests {
             files: vec![],
             settings: ModuleSettings::from_value(&value).unwrap(),
         };
-        let macros = Macros::new("/srv", platform("linux", "x64"));
+        let macros = Macros::new("/srv", Platform::new("linux", "x64"));
         let env = manifest.expanded_environment(&macros);
         assert_eq!(env["MODELS"], "/srv/modules/Echo/models");
         assert_eq!(env["REPO"], "org/%repo%");

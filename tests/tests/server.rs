@@ -55,6 +55,13 @@ async fn next_command(server: &Server) -> Value {
     }
 }
 
+/// A client request in the background, as a client waiting for its reply;
+/// the task yields the reply's JSON.
+fn send_work(server: &Server, path: &str, form: &[(&str, &str)]) -> tokio::task::JoinHandle<Value> {
+    let request = server.http.post(server.url(path)).form(form);
+    tokio::spawn(async move { request.send().await.unwrap().json::<Value>().await.unwrap() })
+}
+
 async fn started_fake(args: &[&str]) -> Server {
     let server = server_with(&[("Fake", FAKE_MODULE)], args).await;
     // The first poll marks the module Started; it returns 204 after ≤10 s at
@@ -73,20 +80,11 @@ async fn started_fake(args: &[&str]) -> Server {
 #[tokio::test]
 async fn command_round_trip_through_a_module_that_polls() {
     let server = started_fake(&[]).await;
-    let client = {
-        let http = server.http.clone();
-        let url = server.url("/v1/fake/work/extra/seg?n=3");
-        tokio::spawn(async move {
-            http.post(url)
-                .form(&[("t", "1.5"), ("note", "x")])
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        })
-    };
+    let client = send_work(
+        &server,
+        "/v1/fake/work/extra/seg?n=3",
+        &[("t", "1.5"), ("note", "x")],
+    );
     let item = next_command(&server).await;
     assert_eq!(item["reqtype"], "work");
     let payload = &item["payload"];
@@ -248,19 +246,7 @@ async fn garbage_or_unknown_replies_from_a_module_are_refused_clearly() {
     assert_eq!(r.text().await.unwrap(), "failure to set response.");
 
     // A garbage reply: the waiting client gets an explicit failure.
-    let client = {
-        let http = server.http.clone();
-        let url = server.url("/v1/fake/work");
-        tokio::spawn(async move {
-            http.post(url)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        })
-    };
+    let client = send_work(&server, "/v1/fake/work", &[]);
     let item = next_command(&server).await;
     let r = server
         .http
@@ -285,19 +271,7 @@ async fn garbage_or_unknown_replies_from_a_module_are_refused_clearly() {
 async fn timeouts_and_full_queues_fail_explicitly() {
     let server = started_fake(&["--request-timeout-secs", "2", "--queue-length", "1"]).await;
     let sent = Instant::now();
-    let first = {
-        let http = server.http.clone();
-        let url = server.url("/v1/fake/work");
-        tokio::spawn(async move {
-            http.post(url)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        })
-    };
+    let first = send_work(&server, "/v1/fake/work", &[]);
     // Once the first command sits in the queue, the next one overflows it.
     let deadline = Instant::now() + Duration::from_secs(2);
     while server.module_status("Fake").await.unwrap()["queued"] != 1 {
@@ -351,19 +325,7 @@ async fn a_poll_whose_client_went_away_is_not_handed_a_command() {
         tokio::spawn(async move { http.get(url).send().await.unwrap() })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let client = {
-        let http = server.http.clone();
-        let url = server.url("/v1/fake/work");
-        tokio::spawn(async move {
-            http.post(url)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        })
-    };
+    let client = send_work(&server, "/v1/fake/work", &[]);
     let response = tokio::time::timeout(Duration::from_secs(5), live)
         .await
         .expect("the command went to the abandoned poll")

@@ -2,6 +2,7 @@
 //! version, system figures, module lists, module settings (start/stop/restart).
 //! Shapes of CodeProject.AI Server 2.9, reference §2 "Server endpoints".
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use actix_web::{web, HttpResponse};
@@ -188,6 +189,17 @@ struct SettingForm {
     value: Option<String>,
 }
 
+/// The module with this id (any letter case).
+///
+/// # Errors
+/// 404 naming the id.
+fn known_module<'s>(state: &'s AppState, id: &str) -> Result<&'s Arc<Module>, ApiError> {
+    state
+        .registry
+        .get(id)
+        .ok_or_else(|| ApiError::NotFound(format!("no module with id '{id}'")))
+}
+
 /// `name=AutoStart, value=true|false` starts or stops the module;
 /// `name=Restart` restarts it. Changes last until the server stops.
 async fn change_setting(
@@ -195,11 +207,7 @@ async fn change_setting(
     path: web::Path<String>,
     form: web::Form<SettingForm>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path.into_inner();
-    let module = state
-        .registry
-        .get(&id)
-        .ok_or_else(|| ApiError::NotFound(format!("no module with id '{id}'")))?;
+    let module = known_module(&state, &path.into_inner())?;
     let value = form
         .value
         .as_deref()
@@ -236,11 +244,7 @@ async fn get_settings(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path.into_inner();
-    let module = state
-        .registry
-        .get(&id)
-        .ok_or_else(|| ApiError::NotFound(format!("no module with id '{id}'")))?;
+    let module = known_module(&state, &path.into_inner())?;
     Ok(HttpResponse::Ok().json(envelope(json!({
         "settings": {"autoStart": module.state().wanted},
         "environmentVariables": module.manifest.settings.environment_variables,
