@@ -88,7 +88,7 @@ mod runner;
 pub use command::CommandHandle;
 pub use context::{ModuleContext, DEFAULT_PORT};
 pub use error::ModuleError;
-pub use logging::{init_logging, init_logging_quieting, log};
+pub use logging::{init_logging, init_logging_with, log, LogSetup};
 pub use request::{FileData, RequestData, ValueError};
 pub use runner::{
     run, run_with, RunOptions, CANCEL_WAIT, DRAIN_GRACE, LONG_GRACE, STATUS_INTERVAL,

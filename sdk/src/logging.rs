@@ -23,33 +23,47 @@ use tracing_subscriber::EnvFilter;
 /// `Quiet` → warnings and errors, `Loud` → debug, otherwise info. Calling it
 /// again, or after another global subscriber was installed, does nothing.
 pub fn init_logging() {
-    init_logging_quieting(&[]);
+    init_logging_with(LogSetup::default());
 }
 
-/// [`init_logging`], with the `tracing` targets in `chatty` (e.g. a native
-/// library's, such as llama.cpp's `"llama.cpp"`) limited to warnings and
-/// errors unless `CPAI_LOG_VERBOSITY` is `Loud` or `RUST_LOG` is set.
-pub fn init_logging_quieting(chatty: &[&str]) {
+/// Options of [`init_logging_with`]; the default is [`init_logging`]'s.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogSetup<'a> {
+    /// `tracing` targets kept to warnings and errors unless
+    /// `CPAI_LOG_VERBOSITY` is `Loud` or `RUST_LOG` is set: a native
+    /// library's detailed logs, e.g. llama.cpp's (`"llama-cpp-2"`).
+    pub quiet_targets: &'a [&'a str],
+    /// Log to stderr rather than stdout, for a module binary's command-line
+    /// tools whose stdout is their result. (Under the server, stderr lines
+    /// are logged as errors whatever their prefix, so modules use stdout.)
+    pub stderr: bool,
+}
+
+/// [`init_logging`] with [`LogSetup`] options.
+pub fn init_logging_with(setup: LogSetup<'_>) {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
             let verbosity = std::env::var("CPAI_LOG_VERBOSITY").unwrap_or_default();
             let mut directives = default_directive(&verbosity).to_owned();
             if !verbosity.trim().eq_ignore_ascii_case("loud") {
-                for target in chatty {
+                for target in setup.quiet_targets {
                     directives.push_str(&format!(",{target}=warn"));
                 }
             }
             EnvFilter::new(directives)
         });
-        // An error only means a subscriber is already installed (e.g. by the
-        // module's own main or a test harness); keep that one.
-        let _ = tracing_subscriber::fmt()
+        let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(false)
-            .with_writer(std::io::stdout)
-            .event_format(PrefixFormat)
-            .try_init();
+            .event_format(PrefixFormat);
+        // An error only means a subscriber is already installed (e.g. by the
+        // module's own main or a test harness); keep that one.
+        let _ = if setup.stderr {
+            builder.with_writer(std::io::stderr).try_init()
+        } else {
+            builder.with_writer(std::io::stdout).try_init()
+        };
     });
 }
 

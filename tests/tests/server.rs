@@ -564,3 +564,62 @@ async fn server_endpoints_serve_the_explorer_and_the_dashboard() {
         .iter()
         .all(|e| e["id"].as_u64().unwrap() > last));
 }
+
+/// A module whose launch file is missing is installed first with its
+/// `install.sh` (output in `install.log` and the server log), then started;
+/// a failing install is reported, and the module is not started.
+#[tokio::test]
+async fn a_module_that_is_not_installed_is_installed_then_started() {
+    let root = Server::root().unwrap();
+    let modules = root.path().join("modules");
+    let echo = modhost_tests::ModuleDir::echo(&modules).unwrap();
+    std::fs::rename(echo.path.join("echo"), echo.path.join("echo.built")).unwrap();
+    std::fs::write(
+        echo.path.join("install.sh"),
+        "echo \"installing in $(basename \"$PWD\")\"\ncp echo.built echo\n",
+    )
+    .unwrap();
+    let broken = modules.join("Broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(
+        broken.join("modulesettings.json"),
+        FAKE_MODULE
+            .replace("\"Fake\"", "\"Broken\"")
+            .replace("\"Command\": \"sleep 600\"", "\"FilePath\": \"run\""),
+    )
+    .unwrap();
+    std::fs::write(
+        broken.join("install.sh"),
+        "echo 'no compiler here' >&2\nexit 4\n",
+    )
+    .unwrap();
+
+    let server = Server::start(root, &[]).await.unwrap();
+    server
+        .wait_for_status("Echo", "Started", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let log = std::fs::read_to_string(echo.path.join("install.log")).unwrap();
+    assert!(log.contains("installing in Echo"), "{log}");
+    let (_, body) = server
+        .post_form("/v1/echo/echo", &[("text", "installed")])
+        .await
+        .unwrap();
+    assert_eq!(body["message"], "installed", "{body}");
+
+    let entry = server
+        .wait_for_status("Broken", "FailedStart", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let error = entry["lastError"].as_str().unwrap();
+    assert!(
+        error.contains("install.sh failed (exit status: 4)") && error.contains("install.log"),
+        "{error}"
+    );
+    let log = server
+        .get_json("/v1/log/list?count=200&moduleId=Broken")
+        .await
+        .unwrap()
+        .to_string();
+    assert!(log.contains("no compiler here"), "{log}");
+}

@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use llama_chat::gguf::{write_demo_model, DemoModelSpec};
 use llama_chat::model::ModelSource;
 use llama_chat::LlamaChat;
-use modhost_sdk::{ModuleContext, RunOptions};
+use modhost_sdk::{LogSetup, ModuleContext, RunOptions};
 
 #[derive(Parser)]
 #[command(
@@ -49,10 +49,14 @@ enum Tool {
 }
 
 fn main() -> ExitCode {
-    // llama.cpp reports every model load in detail at info level (tracing
-    // target "llama-cpp-2"; the crate's own log plumbing is "llama_cpp_2").
-    modhost_sdk::init_logging_quieting(&["llama-cpp-2", "llama_cpp_2"]);
     let cli = Cli::parse();
+    modhost_sdk::init_logging_with(LogSetup {
+        // llama.cpp reports every model load in detail at info level (tracing
+        // target "llama-cpp-2"; the crate's own log plumbing is "llama_cpp_2").
+        quiet_targets: &["llama-cpp-2", "llama_cpp_2"],
+        // The tools print their result (a path) on stdout.
+        stderr: cli.tool.is_some(),
+    });
     let ctx = match ModuleContext::from_env() {
         Ok(ctx) => ctx,
         Err(e) => return fail(&e.to_string()),

@@ -102,3 +102,21 @@ fn install_script_is_idempotent_and_ends_with_a_passing_selftest() {
         "the model was kept"
     );
 }
+
+#[test]
+fn fetch_model_generates_the_demo_model_and_prints_only_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = with_model(dir.path(), "modhost-demo-tiny.gguf")
+        .arg("fetch-model")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let path = dir.path().join("modhost-demo-tiny.gguf");
+    // Logs go to stderr, so scripts can take stdout as the path.
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("{}\n", path.display())
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("writing the random-weight demo model"));
+    assert!(path.is_file());
+}
