@@ -56,7 +56,7 @@ impl ModuleRunner for Echo {
                 })))
             }
             "crash" => {
-                tracing::warn!("crash requested: exiting with code 3");
+                tracing::error!("crash requested: exiting with code 3");
                 std::process::exit(3);
             }
             "slow" => {

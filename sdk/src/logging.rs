@@ -34,8 +34,8 @@ pub struct LogSetup<'a> {
     /// library's detailed logs, e.g. llama.cpp's (`"llama-cpp-2"`).
     pub quiet_targets: &'a [&'a str],
     /// Log to stderr rather than stdout, for a module binary's command-line
-    /// tools whose stdout is their result. (Under the server, stderr lines
-    /// are logged as errors whatever their prefix, so modules use stdout.)
+    /// tools whose stdout is their result. (CodeProject.AI Server logs every
+    /// stderr line as an error whatever its prefix, so modules use stdout.)
     pub stderr: bool,
 }
 

@@ -153,6 +153,27 @@ impl LogService {
         id
     }
 
+    /// The message of the newest error or critical entry of `category` with an
+    /// id greater than `after_id`, without its `"<category>: "` prefix; None
+    /// when there is none (or it has left the ring buffer).
+    pub fn last_error_since(&self, category: &str, after_id: u64) -> Option<String> {
+        let ring = self.ring.lock();
+        ring.entries
+            .iter()
+            .rev()
+            .take_while(|e| e.id > after_id)
+            .find(|e| {
+                e.category == category && matches!(e.level, LogLevel::Error | LogLevel::Critical)
+            })
+            .map(|e| {
+                e.entry
+                    .strip_prefix(category)
+                    .and_then(|rest| rest.strip_prefix(": "))
+                    .unwrap_or(&e.entry)
+                    .to_owned()
+            })
+    }
+
     /// Up to `count` entries with id greater than `last_id`, oldest first.
     pub fn list(&self, last_id: u64, count: usize) -> Vec<LogEntry> {
         let ring = self.ring.lock();
@@ -205,6 +226,26 @@ mod tests {
         let after = log.list(2, 2);
         assert_eq!(after.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3, 4]);
         assert_eq!(after[0].entry, "Echo: line 2");
+    }
+
+    #[test]
+    fn last_error_since_finds_the_newest_error_of_a_category_after_an_id() {
+        let log = LogService::new(None);
+        log.add(LogLevel::Error, "Echo", "", "before the launch");
+        let launched = log.add(LogLevel::Information, "Echo", "", "started");
+        assert_eq!(log.last_error_since("Echo", launched), None);
+        log.add(LogLevel::Error, "Echo", "", "first problem");
+        log.add(LogLevel::Critical, "Echo", "", "second problem");
+        log.add(LogLevel::Error, "Other", "", "not Echo's");
+        log.add(LogLevel::Warning, "Echo", "", "only a warning");
+        assert_eq!(
+            log.last_error_since("Echo", launched).as_deref(),
+            Some("second problem")
+        );
+        assert_eq!(
+            log.last_error_since("Other", 0).as_deref(),
+            Some("not Echo's")
+        );
     }
 
     #[test]

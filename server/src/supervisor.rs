@@ -37,6 +37,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const STABLE_RUN: Duration = Duration::from_secs(30);
 /// Longest an install script may run.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+/// Longest wait, after a module exits, for its last output lines to reach the log.
+const OUTPUT_DRAIN: Duration = Duration::from_millis(250);
 /// Longest module output line kept in the log, in bytes.
 const MAX_LINE: usize = 8 * 1024;
 
@@ -121,6 +123,15 @@ impl Supervisor {
     }
 }
 
+/// A module process just spawned.
+struct Launched {
+    child: Child,
+    /// Id of the "started module" log entry: later entries are this process's.
+    log_id: u64,
+    /// The tasks copying its stdout and stderr into the log; they end at EOF.
+    output: Vec<JoinHandle<()>>,
+}
+
 /// How a running process stopped being watched.
 enum Ended {
     Exited(std::io::Result<ExitStatus>),
@@ -139,8 +150,9 @@ struct ModuleTask {
 }
 
 impl ModuleTask {
-    fn log(&self, level: LogLevel, message: &str) {
-        self.logs.add(level, self.module.name(), "", message);
+    /// Logs under the module's name; returns the entry's id.
+    fn log(&self, level: LogLevel, message: &str) -> u64 {
+        self.logs.add(level, self.module.name(), "", message)
     }
 
     async fn run(mut self) {
@@ -166,8 +178,12 @@ impl ModuleTask {
                 continue;
             }
 
-            let mut child = match self.launch().await {
-                Ok(child) => child,
+            let Launched {
+                mut child,
+                log_id,
+                output,
+            } = match self.launch().await {
+                Ok(launched) => launched,
                 Err(problem) => {
                     self.log(
                         LogLevel::Error,
@@ -205,8 +221,17 @@ impl ModuleTask {
                         Err(err) => format!("wait failed: {err}"),
                     };
                     let ran = launched.elapsed();
-                    let message =
+                    // The last lines it printed say why; they may still be in
+                    // the pipes, which close with the process group.
+                    let _ =
+                        tokio::time::timeout(OUTPUT_DRAIN, futures_util::future::join_all(output))
+                            .await;
+                    let mut message =
                         format!("module {} exited unexpectedly ({how})", self.module.id());
+                    if let Some(cause) = self.logs.last_error_since(self.module.name(), log_id) {
+                        message.push_str("; the last error it logged: ");
+                        message.push_str(&cause);
+                    }
                     let failed = self.queues.fail_module(
                         self.module.id(),
                         Some(&self.module.queue),
@@ -269,7 +294,7 @@ impl ModuleTask {
 
     /// Installs the module if needed, then spawns it with its output piped
     /// into the log.
-    async fn launch(&mut self) -> Result<Child, String> {
+    async fn launch(&mut self) -> Result<Launched, String> {
         let module = Arc::clone(&self.module);
         let dir = module.dir().clone();
 
@@ -294,7 +319,7 @@ impl ModuleTask {
             .spawn()
             .map_err(|err| format!("cannot run {}: {err}", program.display()))?;
         let pid = child.id();
-        self.log(
+        let log_id = self.log(
             LogLevel::Information,
             &format!(
                 "started module {} (pid {}): {} {}",
@@ -305,21 +330,22 @@ impl ModuleTask {
             ),
         );
         let name = module.name().to_owned();
+        let mut output = Vec::new();
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(pipe_lines(
+            output.push(tokio::spawn(pipe_lines(
                 out,
                 Arc::clone(&self.logs),
                 name.clone(),
                 LogLevel::Information,
-            ));
+            )));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(pipe_lines(
+            output.push(tokio::spawn(pipe_lines(
                 err,
                 Arc::clone(&self.logs),
                 name,
                 LogLevel::Error,
-            ));
+            )));
         }
         module.update(|s| {
             s.status = ModuleStatus::Starting;
@@ -328,7 +354,11 @@ impl ModuleTask {
             s.launches += 1;
             s.last_error = None;
         });
-        Ok(child)
+        Ok(Launched {
+            child,
+            log_id,
+            output,
+        })
     }
 
     /// Runs the module's `install.sh` because `missing` does not exist yet.

@@ -26,7 +26,8 @@ pub struct TestModule {
     pub progress_field: &'static str,
     /// Field and value of the final result that says it was cancelled.
     pub cancelled_marker: (&'static str, fn() -> Value),
-    /// Route whose command makes the module exit with status 3.
+    /// Route whose command makes the module print an error line starting
+    /// "crash requested" and exit with status 3.
     pub crash_route: &'static str,
 }
 
@@ -175,8 +176,8 @@ pub async fn status_updates_are_visible(server: &Server, m: &TestModule) {
 }
 
 /// A module that exits mid-command: the client gets a clear error at once
-/// (not at the request timeout), the module is restarted, and the next
-/// request succeeds.
+/// (not at the request timeout) with the last error line the module printed,
+/// the module is restarted, and the next request succeeds.
 pub async fn crash_fails_the_client_at_once_and_restarts(server: &Server, m: &TestModule) {
     let first_pid = server.module_status(m.id).await.unwrap()["pid"]
         .as_u64()
@@ -195,6 +196,10 @@ pub async fn crash_fails_the_client_at_once_and_restarts(server: &Server, m: &Te
         "{error}"
     );
     assert!(error.contains("exit status: 3"), "{error}");
+    assert!(
+        error.contains("the last error it logged: ") && error.contains("crash requested"),
+        "the error names the cause the module printed: {error}"
+    );
     // The figure (a few ms here) is printed; the bound only catches a wait
     // for the request timeout (20 s), with room for a slow CI machine.
     println!("{}: crash reported to the client after {waited:?}", m.id);

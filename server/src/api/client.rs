@@ -43,13 +43,19 @@ async fn command(
     }
 
     let module = &target.module;
-    let status = module.state().status;
+    let module_state = module.state();
+    let status = module_state.status;
     if !status.accepts_commands() {
+        let mut message = format!(
+            "module '{}' is not running (status: {status:?})",
+            module.id()
+        );
+        if let Some(why) = &module_state.last_error {
+            message.push_str(": ");
+            message.push_str(why);
+        }
         return Err(ApiError::Command {
-            message: format!(
-                "module '{}' is not running (status: {status:?})",
-                module.id()
-            ),
+            message,
             retry: Some(5),
         });
     }

@@ -6,9 +6,10 @@ Commands:
   count -- a long process: counts to 'n' (default 20), one step every 'step_ms'
            milliseconds (default 50); command_status() reports the count so far;
            cancel stops it at the next step
-  crash -- exits the process at once with status 3
+  crash -- prints why to stderr, then exits the process at once with status 3
 """
 import os
+import sys
 import threading
 import time
 
@@ -28,6 +29,7 @@ class DemoModule(ModuleRunner):
         if command == "count":
             return self.long_count
         if command == "crash":
+            print("crash requested: exiting with code 3", file=sys.stderr, flush=True)
             os._exit(3)
         return {"success": False, "error": f"unknown command {command}"}
 
