@@ -5,7 +5,8 @@
 //!
 //! Layout:
 //! - [`engine`]: the [`engine::Generator`] trait and [`engine::LlamaEngine`], which
-//!   loads a model once and streams replies from a dedicated thread per chat.
+//!   loads a model once and streams replies from one generation thread that
+//!   keeps its llama.cpp context between chats.
 //! - [`template`]: chat templates (llama.cpp built-ins, minijinja, ChatML fallback).
 //! - [`text`]: stateful UTF-8 decoding of token pieces and stop strings.
 //! - [`gguf`]: a small GGUF writer and the random-weight demo model used by tests,

@@ -50,8 +50,9 @@ pub struct LlamaChat {
     generator: Option<Arc<dyn Generator>>,
     /// Fields added to the 2-second status (model, context size, threads).
     info: Map<String, Value>,
+    /// Shared with the chat's long process, which sets and clears it.
     // parking_lot: held for a field copy or swap, never while generating.
-    running: Mutex<Option<Running>>,
+    running: Arc<Mutex<Option<Running>>>,
 }
 
 impl Default for LlamaChat {
@@ -68,7 +69,7 @@ impl LlamaChat {
         Self {
             generator: None,
             info: Map::new(),
-            running: Mutex::new(None),
+            running: Arc::default(),
         }
     }
 
@@ -79,7 +80,7 @@ impl LlamaChat {
         Self {
             generator: Some(generator),
             info,
-            running: Mutex::new(None),
+            running: Arc::default(),
         }
     }
 
@@ -90,29 +91,38 @@ impl LlamaChat {
     }
 
     /// Starts a chat and returns the long process that follows it.
+    ///
+    /// The chat becomes the [`Running`] one only when its long process runs:
+    /// the SDK drops the process unrun when it refuses a second long command,
+    /// and that refused chat must not hide the one in progress from
+    /// `get_command_status` and `cancel_command`.
     fn chat(&self, request: &RequestData) -> Result<Outcome, ModuleError> {
         let chat = chat_request(request)?;
         let generation = self
             .generator()?
             .start(chat)
             .map_err(|e| ModuleError::new(e.to_string()))?;
-        let running = Running {
-            command_id: request.request_id().to_owned(),
-            reply: Arc::default(),
-            completion_tokens: Arc::default(),
-            cancel: generation.cancel_token(),
-        };
-        let (reply, tokens) = (
-            Arc::clone(&running.reply),
-            Arc::clone(&running.completion_tokens),
-        );
-        *self.running.lock() = Some(running);
         let model = self.generator()?.model_name();
+        let command_id = request.request_id().to_owned();
+        let running = Arc::clone(&self.running);
         Ok(Outcome::Long(Box::new(move |cmd: &CommandHandle| {
-            follow(cmd, &generation, &reply, &tokens).map(|summary| {
+            let reply = Arc::<Mutex<String>>::default();
+            let tokens = Arc::<AtomicU32>::default();
+            *running.lock() = Some(Running {
+                command_id: command_id.clone(),
+                reply: Arc::clone(&reply),
+                completion_tokens: Arc::clone(&tokens),
+                cancel: generation.cancel_token(),
+            });
+            let result = follow(cmd, &generation, &reply, &tokens).map(|summary| {
                 let text = reply.lock().clone();
                 final_result(text, &summary, &model)
-            })
+            });
+            let mut running = running.lock();
+            if running.as_ref().is_some_and(|r| r.command_id == command_id) {
+                *running = None;
+            }
+            result
         })))
     }
 }
@@ -474,13 +484,7 @@ mod tests {
         // the SDK's cancel_command does.
         let result = std::thread::scope(|scope| {
             let job = scope.spawn(|| run_long(outcome, &cmd));
-            while m.command_status("c1")["completion_tokens"]
-                .as_u64()
-                .unwrap_or(0)
-                < 2
-            {
-                std::thread::yield_now();
-            }
+            wait_for_tokens(&m, "c1", 2, &job);
             cmd.cancel();
             m.cancel("c1");
             job.join().unwrap()
@@ -491,5 +495,69 @@ mod tests {
             tokens < 900,
             "{tokens} tokens: the cancel did not stop the chat"
         );
+    }
+
+    #[test]
+    fn a_refused_second_chat_leaves_the_running_one_in_view() {
+        let m = module();
+        let first = m
+            .process(&chat(&[("prompt", "Hi"), ("temperature", "1")]))
+            .unwrap();
+        let cmd = CommandHandle::new("c1");
+        let result = std::thread::scope(|scope| {
+            let job = scope.spawn(|| run_long(first, &cmd));
+            wait_for_tokens(&m, "c1", 2, &job);
+            // The SDK refuses a second long command while one runs and drops
+            // its process unrun.
+            let second = m
+                .process(
+                    &RequestData::new("prompt")
+                        .with_request_id("c2")
+                        .with_value("prompt", "Hey"),
+                )
+                .unwrap();
+            drop(second);
+            let status = m.command_status("c1");
+            assert!(
+                status.get("completion_tokens").and_then(Value::as_u64) >= Some(2),
+                "c1's progress is still visible: {status:?}"
+            );
+            assert!(m.command_status("c2").is_empty());
+            // Only the module's cancel hook: it must still reach c1's chat.
+            m.cancel("c1");
+            job.join().unwrap()
+        });
+        assert_eq!(result["stop_reason"], "cancelled", "{result:?}");
+        assert!(
+            m.command_status("c1").is_empty(),
+            "a finished chat is cleared"
+        );
+    }
+
+    /// Waits until the chat `id` has `n` tokens; panics if its job ends first
+    /// or a minute passes.
+    fn wait_for_tokens(
+        m: &LlamaChat,
+        id: &str,
+        n: u64,
+        job: &std::thread::ScopedJoinHandle<'_, Map<String, Value>>,
+    ) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let status = m.command_status(id);
+            let tokens = status.get("completion_tokens").and_then(Value::as_u64);
+            if tokens.unwrap_or(0) >= n {
+                return;
+            }
+            assert!(
+                !job.is_finished(),
+                "the chat ended before {n} tokens: {status:?}"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {n} tokens in a minute: {status:?}"
+            );
+            std::thread::yield_now();
+        }
     }
 }
