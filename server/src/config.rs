@@ -54,8 +54,8 @@ pub struct Cli {
     /// Directory for the daily `log-YYYY-MM-DD.txt` files [default: logs].
     #[arg(long, env = "MODHOST_LOG_DIR")]
     pub log_dir: Option<PathBuf>,
-    /// Run no module install scripts; a module that is not installed stays
-    /// NotAvailable [default: false].
+    /// Run no module install scripts; a module that is not installed is
+    /// marked FailedStart, with the reason in its status [default: false].
     #[arg(long, env = "MODHOST_NO_INSTALL", num_args = 0..=1, default_missing_value = "true")]
     pub no_install: Option<bool>,
 }
@@ -64,13 +64,21 @@ pub struct Cli {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// As `--port`.
     pub port: Option<u16>,
+    /// As `--bind`.
     pub bind: Option<IpAddr>,
+    /// As `--modules-dir`, a list; relative paths are from the current directory.
     pub modules_dirs: Option<Vec<PathBuf>>,
+    /// As `--request-timeout-secs`, in seconds.
     pub request_timeout_secs: Option<u64>,
+    /// As `--queue-length`, in commands.
     pub queue_length: Option<usize>,
+    /// As `--max-body-bytes`, in bytes.
     pub max_body_bytes: Option<usize>,
+    /// As `--log-dir`.
     pub log_dir: Option<PathBuf>,
+    /// As `--no-install`.
     pub no_install: Option<bool>,
 }
 
@@ -100,16 +108,21 @@ pub struct Config {
 /// Why a configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file named by `--config` / `MODHOST_CONFIG` cannot be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The config file is not valid TOML, or has an unknown key or a value
+    /// of the wrong type; `source` names the line.
     #[error("invalid config file {path}: {source}")]
     Parse {
         path: PathBuf,
         source: toml::de::Error,
     },
+    /// A setting out of range (e.g. a zero queue length); `name` is its
+    /// config-file key.
     #[error("invalid setting {name}: {problem}")]
     Invalid { name: &'static str, problem: String },
 }

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -81,6 +82,9 @@ pub struct LogEntry {
     /// Free label; the dashboard treats `"command timing"` specially.
     pub label: String,
     pub exception: Option<String>,
+    /// When it was added, for looking back over a span of time.
+    #[serde(skip)]
+    pub logged_at: Instant,
 }
 
 struct Ring {
@@ -136,6 +140,7 @@ impl LogService {
             category: category.to_owned(),
             label: label.to_owned(),
             exception: None,
+            logged_at: Instant::now(),
         };
         if let Some(tx) = &self.file_tx {
             let line = format!("{} [{:?}] {}\n", entry.timestamp, level, entry.entry);
@@ -154,14 +159,20 @@ impl LogService {
     }
 
     /// The message of the newest error or critical entry of `category` with an
-    /// id greater than `after_id`, without its `"<category>: "` prefix; None
-    /// when there is none (or it has left the ring buffer).
-    pub fn last_error_since(&self, category: &str, after_id: u64) -> Option<String> {
+    /// id greater than `after_id`, logged in the last `within`, without its
+    /// `"<category>: "` prefix; None when there is none (or it has left the
+    /// ring buffer).
+    pub fn last_error_since(
+        &self,
+        category: &str,
+        after_id: u64,
+        within: Duration,
+    ) -> Option<String> {
         let ring = self.ring.lock();
         ring.entries
             .iter()
             .rev()
-            .take_while(|e| e.id > after_id)
+            .take_while(|e| e.id > after_id && e.logged_at.elapsed() <= within)
             .find(|e| {
                 e.category == category && matches!(e.level, LogLevel::Error | LogLevel::Critical)
             })
@@ -231,20 +242,27 @@ mod tests {
     #[test]
     fn last_error_since_finds_the_newest_error_of_a_category_after_an_id() {
         let log = LogService::new(None);
+        let recent = Duration::from_secs(60);
         log.add(LogLevel::Error, "Echo", "", "before the launch");
         let launched = log.add(LogLevel::Information, "Echo", "", "started");
-        assert_eq!(log.last_error_since("Echo", launched), None);
+        assert_eq!(log.last_error_since("Echo", launched, recent), None);
         log.add(LogLevel::Error, "Echo", "", "first problem");
         log.add(LogLevel::Critical, "Echo", "", "second problem");
         log.add(LogLevel::Error, "Other", "", "not Echo's");
         log.add(LogLevel::Warning, "Echo", "", "only a warning");
         assert_eq!(
-            log.last_error_since("Echo", launched).as_deref(),
+            log.last_error_since("Echo", launched, recent).as_deref(),
             Some("second problem")
         );
         assert_eq!(
-            log.last_error_since("Other", 0).as_deref(),
+            log.last_error_since("Other", 0, recent).as_deref(),
             Some("not Echo's")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(
+            log.last_error_since("Echo", launched, Duration::from_millis(10)),
+            None,
+            "an error from before the window is not the cause"
         );
     }
 

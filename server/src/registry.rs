@@ -22,6 +22,7 @@ pub enum ModuleStatus {
     NotAvailable,
     /// The install script is running.
     Installing,
+    /// AutoStart, not launched yet (the server is starting).
     NotStarted,
     /// Process launched; waiting for its first poll.
     Starting,
@@ -33,7 +34,9 @@ pub enum ModuleStatus {
     FailedStart,
     /// Exited unexpectedly.
     Crashed,
+    /// Asked to quit; signalled if it does not exit in time.
     Stopping,
+    /// Stopped from the dashboard or at server shutdown.
     Stopped,
 }
 
@@ -105,14 +108,17 @@ impl Module {
         }
     }
 
+    /// The module id (`LlamaChat`), as in URLs and `moduleId`.
     pub fn id(&self) -> &str {
         &self.manifest.id
     }
 
+    /// The display name (`Name` in the manifest); the log's category.
     pub fn name(&self) -> &str {
         &self.manifest.settings.name
     }
 
+    /// The module's directory (`%CURRENT_MODULE_PATH%`).
     pub fn dir(&self) -> &PathBuf {
         &self.manifest.dir
     }
@@ -194,6 +200,7 @@ impl Registry {
         Registry { modules, routes }
     }
 
+    /// Every module found, in discovery order.
     pub fn modules(&self) -> &[Arc<Module>] {
         &self.modules
     }

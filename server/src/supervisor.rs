@@ -39,14 +39,20 @@ const STABLE_RUN: Duration = Duration::from_secs(30);
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 /// Longest wait, after a module exits, for its last output lines to reach the log.
 const OUTPUT_DRAIN: Duration = Duration::from_millis(250);
+/// How far back before its exit an error a module logged is taken as the
+/// cause of the exit.
+const CAUSE_WINDOW: Duration = Duration::from_secs(10);
 /// Longest module output line kept in the log, in bytes.
 const MAX_LINE: usize = 8 * 1024;
 
 /// What the dashboard can ask of a module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
+    /// Launch it if it is not running (and keep it running).
     Start,
+    /// Quit it and leave it stopped.
     Stop,
+    /// Quit it and launch it again.
     Restart,
 }
 
@@ -54,7 +60,9 @@ pub enum Control {
 pub struct LaunchContext {
     /// The port modules reach the server on (`CPAI_PORT`).
     pub port: u16,
+    /// Values for the manifest macros (`%ROOT_PATH%`, `%OS%`, ...).
     pub macros: Macros,
+    /// The server's root directory (`CPAI_APPROOTPATH`, `MODHOST_ROOT`).
     pub root_path: PathBuf,
     /// Skip install scripts.
     pub no_install: bool,
@@ -216,6 +224,12 @@ impl ModuleTask {
             match ended {
                 Ended::Exited(exit) => {
                     kill_group(pid, libc::SIGKILL);
+                    // First, so that no new request is queued for the dead
+                    // process after its commands are failed below.
+                    self.module.update(|s| {
+                        s.status = ModuleStatus::Crashed;
+                        s.pid = None;
+                    });
                     let how = match exit {
                         Ok(status) => status.to_string(),
                         Err(err) => format!("wait failed: {err}"),
@@ -228,7 +242,10 @@ impl ModuleTask {
                             .await;
                     let mut message =
                         format!("module {} exited unexpectedly ({how})", self.module.id());
-                    if let Some(cause) = self.logs.last_error_since(self.module.name(), log_id) {
+                    if let Some(cause) =
+                        self.logs
+                            .last_error_since(self.module.name(), log_id, CAUSE_WINDOW)
+                    {
                         message.push_str("; the last error it logged: ");
                         message.push_str(&cause);
                     }
@@ -248,11 +265,9 @@ impl ModuleTask {
                         ),
                     );
                     self.module.update(|s| {
-                        s.status = ModuleStatus::Crashed;
-                        s.pid = None;
+                        s.status = ModuleStatus::Restarting;
                         s.last_error = Some(message.clone());
                     });
-                    self.module.update(|s| s.status = ModuleStatus::Restarting);
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         control = self.controls.recv() => match control {
@@ -284,12 +299,17 @@ impl ModuleTask {
         }
     }
 
+    /// Marks the module Stopped and fails whatever is still queued for it
+    /// (a request that slipped in while it was restarting).
     fn mark_stopped(&self) {
         self.module.update(|s| {
             s.status = ModuleStatus::Stopped;
             s.wanted = false;
             s.pid = None;
         });
+        let message = format!("module {} was stopped", self.module.id());
+        self.queues
+            .fail_module(self.module.id(), Some(&self.module.queue), &message);
     }
 
     /// Installs the module if needed, then spawns it with its output piped
@@ -315,6 +335,9 @@ impl ModuleTask {
             .kill_on_drop(true)
             // Its own process group, so stop and shutdown reach the module's children.
             .process_group(0);
+        // Starting before the spawn: the module's first poll, which makes it
+        // Started, may come before this task runs again.
+        module.update(|s| s.status = ModuleStatus::Starting);
         let mut child = command
             .spawn()
             .map_err(|err| format!("cannot run {}: {err}", program.display()))?;
@@ -348,7 +371,6 @@ impl ModuleTask {
             )));
         }
         module.update(|s| {
-            s.status = ModuleStatus::Starting;
             s.started = Some(std::time::SystemTime::now());
             s.pid = pid;
             s.launches += 1;

@@ -200,11 +200,11 @@ pub async fn crash_fails_the_client_at_once_and_restarts(server: &Server, m: &Te
         error.contains("the last error it logged: ") && error.contains("crash requested"),
         "the error names the cause the module printed: {error}"
     );
-    // The figure (a few ms here) is printed; the bound only catches a wait
-    // for the request timeout (20 s), with room for a slow CI machine.
+    // The figure (a few ms here) is printed; the bound is the one the server
+    // promises ("a clear error within 1 s"), far from the request timeout (20 s).
     println!("{}: crash reported to the client after {waited:?}", m.id);
     assert!(
-        waited < Duration::from_secs(5),
+        waited < Duration::from_secs(1),
         "the client waited {waited:?}"
     );
 

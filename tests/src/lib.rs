@@ -56,6 +56,7 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// A module directory under a server's modules dir.
 pub struct ModuleDir {
+    /// `<root>/modules/<name>`.
     pub path: PathBuf,
 }
 
@@ -219,7 +220,9 @@ pub struct Server {
     child: Option<Child>,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// The server's root (its current directory): `modules/`, `logs/`.
     pub root: tempfile::TempDir,
+    /// A client for requests to `base`.
     pub http: reqwest::Client,
     output: Arc<Mutex<Vec<String>>>,
 }

@@ -247,21 +247,27 @@ async fn the_dashboard_shows_llamachat_started_its_log_and_restart_brings_it_bac
         .select_by_value("LlamaChat")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await; // the tail refreshes every 1-2 s
-    let categories = browser
-        .client
-        .execute(
-            "return [...document.querySelectorAll('#log .log-entry')].map(e => e.dataset.category)",
-            vec![],
-        )
-        .await
-        .unwrap();
-    let categories = categories.as_array().unwrap();
-    assert!(!categories.is_empty(), "no log entries for LlamaChat");
-    assert!(
-        categories.iter().all(|c| c == "LlamaChat"),
-        "{categories:?}"
-    );
+    // The tail refreshes every 1-2 s; the filter applies by then.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let categories = browser
+            .client
+            .execute(
+                "return [...document.querySelectorAll('#log .log-entry')].map(e => e.dataset.category)",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let categories = categories.as_array().unwrap().clone();
+        if !categories.is_empty() && categories.iter().all(|c| c == "LlamaChat") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log filtered to LlamaChat shows {categories:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let shot = browser.screenshot("dashboard").await;
     println!("dashboard screenshot: {}", shot.display());
 

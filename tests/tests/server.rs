@@ -302,6 +302,23 @@ async fn timeouts_and_full_queues_fail_explicitly() {
     assert!(poll(&server).await.is_none());
 }
 
+/// The Fake module's `lastSeen` (which a poll sets as it starts waiting):
+/// with `before`, waits until it differs from that, i.e. a new poll arrived.
+async fn poll_seen(server: &Server, before: Option<String>) -> String {
+    // lastSeen has millisecond resolution: let the next poll fall in a new one.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let entry = server.module_status("Fake").await.unwrap();
+        let seen = entry["lastSeen"].as_str().unwrap_or_default().to_owned();
+        if before.as_ref() != Some(&seen) {
+            return seen;
+        }
+        assert!(Instant::now() < deadline, "no new poll arrived: {entry}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_poll_whose_client_went_away_is_not_handed_a_command() {
     use tokio::io::AsyncWriteExt;
@@ -310,13 +327,14 @@ async fn a_poll_whose_client_went_away_is_not_handed_a_command() {
     // then the connection is closed, before any command exists.
     let addr = server.base.trim_start_matches("http://").to_owned();
     let mut gone = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let seen = poll_seen(&server, None).await;
     gone.write_all(
         format!("GET /v1/queue/fake_queue?moduleId=Fake HTTP/1.1\r\nHost: {addr}\r\n\r\n")
             .as_bytes(),
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await; // the server is now waiting on it
+    let seen = poll_seen(&server, Some(seen)).await; // the server is now waiting on it
     drop(gone);
     // A live poll waits behind the dead one.
     let live = {
@@ -324,7 +342,7 @@ async fn a_poll_whose_client_went_away_is_not_handed_a_command() {
         let url = server.url("/v1/queue/fake_queue?moduleId=Fake");
         tokio::spawn(async move { http.get(url).send().await.unwrap() })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    poll_seen(&server, Some(seen)).await;
     let client = send_work(&server, "/v1/fake/work", &[]);
     let response = tokio::time::timeout(Duration::from_secs(5), live)
         .await

@@ -125,8 +125,19 @@ async fn reply(
     let limit = state.config.max_body_bytes;
     let mut bytes = web::BytesMut::new();
     while let Some(chunk) = body.next().await {
-        let Ok(chunk) = chunk else {
-            return HttpResponse::BadRequest().body("cannot read the response body");
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(err) => {
+                // The module will not send it again: the client hears now.
+                let _ = state.queues.complete(
+                    &reqid,
+                    Err(format!(
+                        "The module's response could not be read: {err} (#reqid {reqid})"
+                    )),
+                );
+                return HttpResponse::BadRequest()
+                    .body(format!("cannot read the response body: {err}"));
+            }
         };
         if bytes.len() + chunk.len() > limit {
             let _ = state.queues.complete(
