@@ -387,6 +387,26 @@ impl Server {
     }
 }
 
+/// Asserts that `body` is a failure answer (`success: false`) whose `error`
+/// contains `needle`; the panic shows the whole body.
+#[track_caller]
+pub fn assert_error(body: &Value, needle: &str) {
+    assert_eq!(body["success"], false, "not a failure: {body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(needle),
+        "expected an error containing {needle:?}: {body}"
+    );
+}
+
+/// [`assert_error`] on a raw response, after checking its HTTP `status`.
+pub async fn assert_error_response(response: reqwest::Response, status: u16, needle: &str) {
+    let code = response.status().as_u16();
+    let body: Value = response.json().await.expect("a JSON error body");
+    assert_eq!(code, status, "{body}");
+    assert_error(&body, needle);
+}
+
 /// True while a process with this pid exists (and is not a zombie).
 pub fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

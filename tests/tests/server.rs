@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use modhost_tests::Server;
+use modhost_tests::{assert_error, assert_error_response, Server};
 use serde_json::{json, Value};
 
 /// A module whose process only sleeps; the test answers its queue.
@@ -134,13 +134,7 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 404);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["success"], false);
-    assert!(
-        body["error"].as_str().unwrap().contains("/v1/nothing/here"),
-        "{body}"
-    );
+    assert_error_response(r, 404, "/v1/nothing/here").await;
 
     // Malformed JSON.
     let r = post("/v1/fake/work")
@@ -149,15 +143,7 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 400);
-    let body: Value = r.json().await.unwrap();
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("malformed JSON body"),
-        "{body}"
-    );
+    assert_error_response(r, 400, "malformed JSON body").await;
 
     // Invalid UTF-8 in a form.
     let r = post("/v1/fake/work")
@@ -166,9 +152,7 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 400);
-    let body: Value = r.json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().contains("UTF-8"), "{body}");
+    assert_error_response(r, 400, "UTF-8").await;
 
     // Malformed multipart.
     let r = post("/v1/fake/work")
@@ -177,12 +161,7 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 400);
-    let body: Value = r.json().await.unwrap();
-    assert!(
-        body["error"].as_str().unwrap().contains("multipart"),
-        "{body}"
-    );
+    assert_error_response(r, 400, "multipart").await;
 
     // Values checked against the route map before anything is queued.
     for (field, value, expected) in [
@@ -218,12 +197,7 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 413);
-    let body: Value = r.json().await.unwrap();
-    assert!(
-        body["error"].as_str().unwrap().contains("1048576 bytes"),
-        "{body}"
-    );
+    assert_error_response(r, 413, "1048576 bytes").await;
 
     // None of it was queued, and the server still answers.
     assert!(poll(&server).await.is_none());
@@ -401,13 +375,7 @@ async fn invalid_manifests_are_skipped_and_missing_files_reported() {
         "{missing}"
     );
     let (_, body) = server.post_form("/v1/missing/x", &[]).await.unwrap();
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("not running (status: FailedStart)"),
-        "{body}"
-    );
+    assert_error(&body, "not running (status: FailedStart)");
 
     let log = server
         .get_json("/v1/log/list?count=100")
@@ -497,13 +465,7 @@ async fn server_endpoints_serve_the_explorer_and_the_dashboard() {
         .post_form("/v1/echo/echo", &[("text", "x")])
         .await
         .unwrap();
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("not running (status: Stopped)"),
-        "{body}"
-    );
+    assert_error(&body, "not running (status: Stopped)");
     server
         .post_form(
             "/v1/server/settings/Echo",
@@ -530,13 +492,7 @@ async fn server_endpoints_serve_the_explorer_and_the_dashboard() {
         .await
         .unwrap();
     assert_eq!(code, 400);
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("unknown setting 'colour'"),
-        "{body}"
-    );
+    assert_error(&body, "unknown setting 'colour'");
     let (code, body) = server
         .post_form("/v1/server/settings/Nope", &[("name", "Restart")])
         .await
@@ -547,13 +503,7 @@ async fn server_endpoints_serve_the_explorer_and_the_dashboard() {
         .await
         .unwrap();
     assert_eq!(code, 400, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("malformed form body"),
-        "{body}"
-    );
+    assert_error(&body, "malformed form body");
 
     // The log tail, filtered by module, then only what is new.
     let log = server
