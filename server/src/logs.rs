@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,9 @@ use serde::Serialize;
 
 /// How many entries `/v1/log/list` can look back over.
 pub const LOG_CAPACITY: usize = 2000;
+/// Lines waiting for the log-file thread before new ones are counted as
+/// dropped (a stalled disk must not grow the server's memory).
+const FILE_BACKLOG: usize = 10_000;
 
 /// Severity of a log entry, named as CodeProject's `log_level` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -96,27 +100,62 @@ struct Ring {
 pub struct LogService {
     // parking_lot: the critical sections are a push or a copy, never an .await.
     ring: Mutex<Ring>,
-    file_tx: Option<Mutex<mpsc::Sender<(String, String)>>>,
+    file: Option<LogFile>,
+}
+
+/// The way to the log-file thread: `(day, line)` pairs over a bounded
+/// channel. Lines that find it full are counted, and the count is written
+/// to the file as soon as there is room again: dropped, but not silently.
+struct LogFile {
+    tx: mpsc::SyncSender<(String, String)>,
+    dropped: AtomicU64,
+}
+
+impl LogFile {
+    fn send(&self, day: String, timestamp: &str, line: String) {
+        let dropped = self.dropped.load(Ordering::Relaxed);
+        if dropped > 0 {
+            let note = format!(
+                "{timestamp} [Warning] Server: {dropped} log line(s) before this one were not \
+                 written to this file: the disk could not keep up\n"
+            );
+            if self.tx.try_send((day.clone(), note)).is_ok() {
+                self.dropped.fetch_sub(dropped, Ordering::Relaxed);
+            }
+        }
+        match self.tx.try_send((day, line)) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            // The writer thread gave up (no log directory); the ring buffer
+            // still has the entry, and that was logged at the time.
+            Err(mpsc::TrySendError::Disconnected(_)) => {}
+        }
+    }
 }
 
 impl LogService {
     /// A log that also appends to daily files in `dir` (created if missing).
     /// With `dir` None, entries stay in memory only.
     pub fn new(dir: Option<PathBuf>) -> LogService {
-        let file_tx = dir.map(|dir| {
-            let (tx, rx) = mpsc::channel::<(String, String)>();
+        let file = dir.map(|dir| {
+            let (tx, rx) = mpsc::sync_channel::<(String, String)>(FILE_BACKLOG);
             std::thread::Builder::new()
                 .name("modhost-logfile".into())
                 .spawn(move || write_files(dir, rx))
                 .expect("spawning the log-file thread");
-            Mutex::new(tx)
+            LogFile {
+                tx,
+                dropped: AtomicU64::new(0),
+            }
         });
         LogService {
             ring: Mutex::new(Ring {
                 next_id: 1,
                 entries: VecDeque::with_capacity(LOG_CAPACITY),
             }),
-            file_tx,
+            file,
         }
     }
 
@@ -142,11 +181,9 @@ impl LogService {
             exception: None,
             logged_at: Instant::now(),
         };
-        if let Some(tx) = &self.file_tx {
+        if let Some(file) = &self.file {
             let line = format!("{} [{:?}] {}\n", entry.timestamp, level, entry.entry);
-            // The writer thread lives as long as the process; a send error only
-            // means it died, and the ring buffer still has the entry.
-            let _ = tx.lock().send((now.format("%Y-%m-%d").to_string(), line));
+            file.send(now.format("%Y-%m-%d").to_string(), &entry.timestamp, line);
         }
         let mut ring = self.ring.lock();
         let id = ring.next_id;
@@ -264,6 +301,30 @@ mod tests {
             None,
             "an error from before the window is not the cause"
         );
+    }
+
+    #[test]
+    fn lines_a_full_file_backlog_drops_are_counted_in_the_file() {
+        let (tx, rx) = mpsc::sync_channel(2);
+        let file = LogFile {
+            tx,
+            dropped: AtomicU64::new(0),
+        };
+        let day = || "2026-11-23".to_owned();
+        for n in 0..5 {
+            file.send(day(), "T", format!("line {n}\n"));
+        }
+        let lines = |rx: &mpsc::Receiver<(String, String)>| -> Vec<String> {
+            rx.try_iter().map(|(_, line)| line).collect()
+        };
+        assert_eq!(lines(&rx), ["line 0\n", "line 1\n"]);
+        file.send(day(), "T", "line 5\n".into());
+        let after = lines(&rx);
+        assert_eq!(after.len(), 2, "{after:?}");
+        assert!(after[0].contains("3 log line(s) before this one were not written"));
+        assert_eq!(after[1], "line 5\n");
+        file.send(day(), "T", "line 6\n".into());
+        assert_eq!(lines(&rx), ["line 6\n"], "the count was reset");
     }
 
     #[test]
