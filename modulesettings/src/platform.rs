@@ -34,8 +34,8 @@ impl Platform {
     }
 
     /// The platform this process runs on, from `std::env::consts`; `docker`
-    /// is true when `/.dockerenv` exists; `development` is false (the server
-    /// sets it from its configuration).
+    /// is true when `/.dockerenv` exists; `development` is false (modhost sets
+    /// it from its `--development` setting).
     pub fn current() -> Platform {
         Platform {
             // Rust's OS names for the three supported systems are already

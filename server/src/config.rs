@@ -58,6 +58,11 @@ pub struct Cli {
     /// marked FailedStart, with the reason in its status [default: false].
     #[arg(long, env = "MODHOST_NO_INSTALL", num_args = 0..=1, default_missing_value = "true")]
     pub no_install: Option<bool>,
+    /// Development mode: also merge each module's
+    /// `modulesettings.development.json` variants, as CodeProject.AI Server
+    /// does when it runs in development [default: false].
+    #[arg(long, env = "MODHOST_DEVELOPMENT", num_args = 0..=1, default_missing_value = "true")]
+    pub development: Option<bool>,
 }
 
 /// The `[server]`-less flat TOML file; see `modhost.sample.toml`.
@@ -80,6 +85,8 @@ pub struct FileConfig {
     pub log_dir: Option<PathBuf>,
     /// As `--no-install`.
     pub no_install: Option<bool>,
+    /// As `--development`.
+    pub development: Option<bool>,
 }
 
 /// The resolved configuration the server runs with.
@@ -101,6 +108,8 @@ pub struct Config {
     pub log_dir: PathBuf,
     /// Skip install scripts of modules that are not installed.
     pub no_install: bool,
+    /// Development mode: the `*.development.json` manifest variants apply.
+    pub development: bool,
     /// Root of the installation (`%ROOT_PATH%`): the current directory.
     pub root_path: PathBuf,
 }
@@ -138,6 +147,7 @@ impl Default for Config {
             max_body_bytes: 50 * 1024 * 1024,
             log_dir: PathBuf::from("logs"),
             no_install: false,
+            development: false,
             root_path: PathBuf::from("."),
         }
     }
@@ -188,6 +198,7 @@ impl Config {
                 .unwrap_or(defaults.max_body_bytes),
             log_dir: absolute(cli.log_dir.or(file.log_dir).unwrap_or(defaults.log_dir)),
             no_install: cli.no_install.or(file.no_install).unwrap_or(false),
+            development: cli.development.or(file.development).unwrap_or(false),
             root_path: root_path.clone(),
         };
         config.validate()?;
@@ -256,6 +267,36 @@ mod tests {
     }
 
     #[test]
+    fn environment_overrides_file_and_command_line_overrides_environment() {
+        // MODHOST_LOG_DIR is read by clap here and by no other test, so setting
+        // it cannot change what the tests running beside this one see.
+        let file = write("log_dir = \"/from/file\"\n");
+        let path = file.path().to_str().unwrap();
+        std::env::set_var("MODHOST_LOG_DIR", "/from/env");
+        let from_env = Config::from_cli(Cli::parse_from(["modhost", "--config", path]));
+        let from_flag = Config::from_cli(Cli::parse_from([
+            "modhost",
+            "--config",
+            path,
+            "--log-dir",
+            "/from/flag",
+        ]));
+        std::env::remove_var("MODHOST_LOG_DIR");
+        let from_file = Config::from_cli(Cli::parse_from(["modhost", "--config", path]));
+        assert_eq!(from_file.unwrap().log_dir, Path::new("/from/file"));
+        assert_eq!(
+            from_env.unwrap().log_dir,
+            Path::new("/from/env"),
+            "env beats file"
+        );
+        assert_eq!(
+            from_flag.unwrap().log_dir,
+            Path::new("/from/flag"),
+            "flag beats env"
+        );
+    }
+
+    #[test]
     fn unknown_key_in_file_is_rejected_by_name() {
         let file = write("prot = 9000\n");
         let cli = Cli::parse_from(["modhost", "--config", file.path().to_str().unwrap()]);
@@ -275,6 +316,20 @@ mod tests {
                 .unwrap()
                 .no_install
         );
+    }
+
+    #[test]
+    fn development_mode_comes_from_the_file_or_a_flag() {
+        assert!(
+            !Config::from_cli(Cli::parse_from(["modhost"]))
+                .unwrap()
+                .development
+        );
+        let file = write("development = true\n");
+        let cli = Cli::parse_from(["modhost", "--config", file.path().to_str().unwrap()]);
+        assert!(Config::from_cli(cli).unwrap().development);
+        let cli = Cli::parse_from(["modhost", "--development"]);
+        assert!(Config::from_cli(cli).unwrap().development);
     }
 
     #[test]

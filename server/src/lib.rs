@@ -95,7 +95,10 @@ pub async fn run(
         .context("reading the listener's address")?
         .port();
     let logs = Arc::new(LogService::new(Some(config.log_dir.clone())));
-    let platform = modulesettings::Platform::current();
+    let platform = modulesettings::Platform {
+        development: config.development,
+        ..modulesettings::Platform::current()
+    };
 
     let discovery = modulesettings::discover(&config.modules_dirs, &platform);
     for error in &discovery.errors {

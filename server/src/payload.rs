@@ -54,13 +54,19 @@ impl RequestValues {
         }
     }
 
-    /// The first value of `key`.
-    pub fn get(&self, key: &str) -> Option<&str> {
+    /// The first value of `key` (case-insensitive).
+    #[cfg(test)]
+    fn get(&self, key: &str) -> Option<&str> {
+        self.all(key).next()
+    }
+
+    /// Every value of `key` (case-insensitive), in the order they came.
+    pub fn all<'a>(&'a self, key: &str) -> impl Iterator<Item = &'a str> + 'a {
+        let key = key.to_owned();
         self.values
             .iter()
-            .find(|kv| kv.key.eq_ignore_ascii_case(key))
-            .and_then(|kv| kv.value.first())
-            .map(String::as_str)
+            .filter(move |kv| kv.key.eq_ignore_ascii_case(&key))
+            .flat_map(|kv| kv.value.iter().map(String::as_str))
     }
 
     /// The `payload` object of a queue item for `command`.
@@ -138,6 +144,9 @@ pub async fn parse(
     Ok(values)
 }
 
+/// Decodes `application/x-www-form-urlencoded` pairs (`+` is a space,
+/// `%XX` a byte). Strict where the common decoders are lossy: a value whose
+/// decoded bytes are not UTF-8 (such as `%FF`) is an error, not a U+FFFD.
 fn parse_urlencoded(bytes: &[u8], what: &str) -> Result<Vec<(String, String)>, ApiError> {
     std::str::from_utf8(bytes).map_err(|e| {
         ApiError::BadRequest(format!(
@@ -145,8 +154,36 @@ fn parse_urlencoded(bytes: &[u8], what: &str) -> Result<Vec<(String, String)>, A
             e.valid_up_to()
         ))
     })?;
-    serde_urlencoded::from_bytes::<Vec<(String, String)>>(bytes)
-        .map_err(|e| ApiError::BadRequest(format!("malformed {what}: {e}")))
+    let decode = |part: &[u8]| -> Result<String, std::string::FromUtf8Error> {
+        let spaced: Vec<u8> = part
+            .iter()
+            .map(|&b| if b == b'+' { b' ' } else { b })
+            .collect();
+        String::from_utf8(percent_encoding::percent_decode(&spaced).collect())
+    };
+    bytes
+        .split(|&b| b == b'&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = match pair.iter().position(|&b| b == b'=') {
+                Some(at) => (&pair[..at], &pair[at + 1..]),
+                None => (pair, &b""[..]),
+            };
+            let key = decode(key).map_err(|e| {
+                ApiError::BadRequest(format!(
+                    "a name in the {what} is not valid UTF-8 once percent-decoded (byte {})",
+                    e.utf8_error().valid_up_to()
+                ))
+            })?;
+            let value = decode(value).map_err(|e| {
+                ApiError::BadRequest(format!(
+                    "the value of '{key}' in the {what} is not valid UTF-8 once percent-decoded (byte {})",
+                    e.utf8_error().valid_up_to()
+                ))
+            })?;
+            Ok((key, value))
+        })
+        .collect()
 }
 
 fn parse_json(bytes: &[u8], values: &mut RequestValues) -> Result<(), ApiError> {
@@ -275,54 +312,59 @@ pub fn validate(
     values: &RequestValues,
 ) -> Result<(), ApiError> {
     for input in inputs {
-        let Some(text) = values.get(&input.name) else {
-            continue;
-        };
-        let bad = |expected: String| {
-            ApiError::BadRequest(format!(
-                "input '{}' of route {route} is '{text}': expected {expected}",
-                input.name
-            ))
-        };
-        let number = match input.param_type {
-            ParamType::Integer => Some(
-                text.trim()
-                    .parse::<i64>()
-                    .map_err(|_| bad("an integer".into()))? as f64,
-            ),
-            ParamType::Float => {
-                let v = text
-                    .trim()
-                    .parse::<f64>()
-                    .map_err(|_| bad("a number".into()))?;
-                if !v.is_finite() {
-                    return Err(bad("a finite number".into()));
-                }
-                Some(v)
+        for text in values.all(&input.name) {
+            check_value(route, input, text)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks one value of `input`: its type, then its range.
+fn check_value(route: &str, input: &RouteParam, text: &str) -> Result<(), ApiError> {
+    let bad = |expected: String| {
+        ApiError::BadRequest(format!(
+            "input '{}' of route {route} is '{text}': expected {expected}",
+            input.name
+        ))
+    };
+    let number = match input.param_type {
+        ParamType::Integer => Some(
+            text.trim()
+                .parse::<i64>()
+                .map_err(|_| bad("an integer".into()))? as f64,
+        ),
+        ParamType::Float => {
+            let v = text
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| bad("a number".into()))?;
+            if !v.is_finite() {
+                return Err(bad("a finite number".into()));
             }
-            ParamType::Boolean => {
-                match text.trim().to_ascii_lowercase().as_str() {
-                    "true" | "false" | "1" | "0" | "yes" | "no" | "on" | "off" => {}
-                    _ => return Err(bad("true or false".into())),
-                }
-                None
+            Some(v)
+        }
+        ParamType::Boolean => {
+            match text.trim().to_ascii_lowercase().as_str() {
+                "true" | "false" | "1" | "0" | "yes" | "no" | "on" | "off" => {}
+                _ => return Err(bad("true or false".into())),
             }
-            ParamType::Object => {
-                serde_json::from_str::<Value>(text).map_err(|e| bad(format!("JSON ({e})")))?;
-                None
+            None
+        }
+        ParamType::Object => {
+            serde_json::from_str::<Value>(text).map_err(|e| bad(format!("JSON ({e})")))?;
+            None
+        }
+        ParamType::Text | ParamType::File => None,
+    };
+    if let Some(v) = number {
+        if let Some(min) = input.min_value {
+            if v < min {
+                return Err(bad(format!("at least {min}")));
             }
-            ParamType::Text | ParamType::File => None,
-        };
-        if let Some(v) = number {
-            if let Some(min) = input.min_value {
-                if v < min {
-                    return Err(bad(format!("at least {min}")));
-                }
-            }
-            if let Some(max) = input.max_value {
-                if v > max {
-                    return Err(bad(format!("at most {max}")));
-                }
+        }
+        if let Some(max) = input.max_value {
+            if v > max {
+                return Err(bad(format!("at most {max}")));
             }
         }
     }
@@ -412,6 +454,87 @@ mod tests {
             "input 'max_tokens' of route text/chat is 'ten': expected an integer"
         );
         validate("text/chat", &inputs, &values(&[])).unwrap();
+    }
+
+    #[test]
+    fn every_value_of_a_repeated_input_is_checked() {
+        let inputs = [param("max_tokens", ParamType::Integer, Some(0.0), None)];
+        let err = validate(
+            "text/chat",
+            &inputs,
+            &values(&[("max_tokens", "5"), ("MAX_TOKENS", "-2")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "input 'max_tokens' of route text/chat is '-2': expected at least 0"
+        );
+    }
+
+    #[test]
+    fn urlencoded_decodes_plus_and_percent_escapes() {
+        let pairs = parse_urlencoded(b"prompt=a+b%21&x&empty=&n=%C3%A9", "form body").unwrap();
+        let expected = [
+            ("prompt", "a b!"),
+            ("x", ""),
+            ("empty", ""),
+            ("n", "\u{e9}"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(pairs, expected);
+    }
+
+    #[test]
+    fn percent_escapes_that_are_not_utf8_are_refused_by_name() {
+        let err = parse_urlencoded(b"ok=1&n=%FF", "query string")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "the value of 'n' in the query string is not valid UTF-8 once percent-decoded (byte 0)"
+        );
+        let err = parse_urlencoded(b"%C3=1", "form body")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("a name in the form body is not valid UTF-8"),
+            "{err}"
+        );
+    }
+
+    #[actix_web::test]
+    async fn multipart_uploads_become_base64_files_beside_the_fields() {
+        let body = [
+            &b"--XyZ\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nhi\r\n"[..],
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.bin\"\r\n",
+            b"Content-Type: application/octet-stream\r\n\r\n",
+            &[0x00, 0x01, 0x02, 0xff],
+            b"\r\n--XyZ--\r\n",
+        ]
+        .concat();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            "multipart/form-data; boundary=XyZ".parse().unwrap(),
+        );
+        let mut v = RequestValues::default();
+        parse_multipart(&headers, Bytes::from(body), &mut v)
+            .await
+            .unwrap();
+        assert_eq!(v.get("prompt"), Some("hi"));
+        assert_eq!(
+            v.files,
+            [FileValue {
+                name: "image".into(),
+                filename: "a.bin".into(),
+                content_type: "application/octet-stream".into(),
+                data: "AAEC/w==".into(),
+            }]
+        );
     }
 
     #[test]

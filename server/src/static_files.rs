@@ -1,8 +1,10 @@
 //! The web UI in `explorer/`, embedded in the binary and served at `/`.
 //!
-//! In debug builds rust-embed reads the files from disk, so UI edits show on
-//! reload; release builds carry them inside the binary.
+//! Every build carries the files inside the binary (rust-embed's
+//! `debug-embed`), so the tests serve exactly what ships; a UI edit shows
+//! after `cargo build`.
 
+use actix_web::http::{header, Method};
 use actix_web::{web, HttpRequest, HttpResponse};
 use rust_embed::RustEmbed;
 
@@ -10,11 +12,26 @@ use rust_embed::RustEmbed;
 #[folder = "../explorer/"]
 struct Assets;
 
+/// Serves the UI for every path no `/v1` endpoint takes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.default_service(web::get().to(serve));
+    // A default service sees every method (its route's guards do not apply),
+    // so `serve` refuses the ones that do not read.
+    cfg.default_service(web::to(serve));
 }
 
 async fn serve(req: HttpRequest) -> HttpResponse {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return HttpResponse::MethodNotAllowed()
+            .insert_header((header::ALLOW, "GET, HEAD"))
+            .json(crate::error::failure_body(
+                405,
+                &format!(
+                    "{} is not allowed on {}: the web UI takes GET and HEAD",
+                    req.method(),
+                    req.path()
+                ),
+            ));
+    }
     let path = req.path().trim_start_matches('/');
     let path = if path.is_empty() || path.ends_with('/') {
         format!("{path}index.html")

@@ -577,12 +577,17 @@ fn resolve_command(module: &Module, ctx: &LaunchContext) -> Result<(PathBuf, Vec
             };
             let local = venv_python(module.dir());
             let shared = venv_python(&ctx.root_path.join("runtimes"));
+            let system = || match version {
+                "" => PathBuf::from("python3"),
+                version => PathBuf::from(format!("python{version}")),
+            };
+            // The venv the manifest names, else the module's own, else the
+            // interpreter on the PATH.
             let interpreter = match launch.runtime_location {
-                RuntimeLocation::Local if local.exists() => local,
+                RuntimeLocation::System => system(),
                 RuntimeLocation::Shared if shared.exists() => shared,
                 _ if local.exists() => local,
-                _ if version.is_empty() => PathBuf::from("python3"),
-                _ => PathBuf::from(format!("python{version}")),
+                _ => system(),
             };
             Ok((interpreter, vec![file_arg]))
         }
@@ -704,6 +709,56 @@ async fn pipe_install(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A module `Py` in `dir` run by `runtime` from `location`.
+    fn python_module(dir: &Path, runtime: &str, location: &str) -> Module {
+        let text = json!({"Modules": {"Py": {
+            "Name": "Py", "Version": "1.0.0",
+            "LaunchSettings": {"FilePath": "m.py", "Runtime": runtime, "RuntimeLocation": location},
+            "RouteMaps": [{"Name": "r", "Route": "py/r", "Method": "POST", "Command": "r"}],
+        }}});
+        std::fs::write(dir.join("modulesettings.json"), text.to_string()).unwrap();
+        let platform = modulesettings::Platform::current();
+        let manifest = modulesettings::load_module_dir(dir, &platform).unwrap();
+        Module::new(manifest, ModuleStatus::NotStarted)
+    }
+
+    #[test]
+    fn python_modules_run_from_their_venv_else_the_system_interpreter() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("modules/Py");
+        std::fs::create_dir_all(&dir).unwrap();
+        let platform = modulesettings::Platform::current();
+        let ctx = LaunchContext {
+            port: 1,
+            macros: Macros::new(root.path(), platform.clone()),
+            root_path: root.path().to_owned(),
+            no_install: true,
+        };
+        let interpreter = |runtime: &str, location: &str| {
+            let (program, args) =
+                resolve_command(&python_module(&dir, runtime, location), &ctx).unwrap();
+            assert_eq!(args, [dir.join("m.py").display().to_string()]);
+            program
+        };
+        // No venv anywhere: the interpreter on the PATH, of the named version.
+        assert_eq!(interpreter("python3.11", "Local"), Path::new("python3.11"));
+        assert_eq!(interpreter("python", "Shared"), Path::new("python3"));
+
+        let venv = |base: &Path| {
+            let python = base.join(format!("bin/{}/python311/venv/bin/python3", platform.os));
+            std::fs::create_dir_all(python.parent().unwrap()).unwrap();
+            std::fs::write(&python, "").unwrap();
+            python
+        };
+        let local = venv(&dir);
+        assert_eq!(interpreter("python3.11", "Local"), local);
+        // A shared runtime that is missing falls back to the module's own.
+        assert_eq!(interpreter("python3.11", "Shared"), local);
+        let shared = venv(&root.path().join("runtimes"));
+        assert_eq!(interpreter("python3.11", "Shared"), shared);
+        assert_eq!(interpreter("python3.11", "System"), Path::new("python3.11"));
+    }
 
     #[test]
     fn backoff_doubles_and_is_capped() {

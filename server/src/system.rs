@@ -119,7 +119,15 @@ async fn read_nvidia_smi(snap: &mut Snapshot) {
         .output()
         .await;
     let Ok(output) = output else { return };
-    let text = String::from_utf8_lossy(&output.stdout);
+    if output.status.success() {
+        apply_nvidia_smi(&String::from_utf8_lossy(&output.stdout), snap);
+    }
+}
+
+/// Reads the first GPU's line of `nvidia-smi --query-gpu=name,utilization.gpu,memory.used
+/// --format=csv,noheader,nounits` (`NAME, PERCENT, MiB`) into `snap`; a line of
+/// another shape changes nothing.
+fn apply_nvidia_smi(text: &str, snap: &mut Snapshot) {
     let Some(line) = text.lines().next() else {
         return;
     };
@@ -128,5 +136,24 @@ async fn read_nvidia_smi(snap: &mut Snapshot) {
         snap.gpu_name = Some((*name).to_owned());
         snap.gpu_usage = util.parse().ok();
         snap.gpu_mem_usage = mem.parse::<u64>().ok().map(|mib| mib * 1024 * 1024);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nvidia_smi_figures_are_read_from_its_csv() {
+        let mut snap = Snapshot::default();
+        apply_nvidia_smi("NVIDIA H200, 37, 1024\nNVIDIA H200, 0, 0\n", &mut snap);
+        assert_eq!(snap.gpu_name.as_deref(), Some("NVIDIA H200"));
+        assert_eq!(snap.gpu_usage, Some(37.0));
+        assert_eq!(snap.gpu_mem_usage, Some(1024 * 1024 * 1024));
+
+        let mut snap = Snapshot::default();
+        apply_nvidia_smi("No devices were found\n", &mut snap);
+        assert_eq!(snap.gpu_name, None);
+        assert_eq!(snap.gpu_usage, None);
     }
 }

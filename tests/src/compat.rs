@@ -225,13 +225,14 @@ pub async fn crash_fails_the_client_at_once_and_restarts(server: &Server, m: &Te
     assert_eq!(body["message"], "again", "{body}");
 }
 
-/// SIGTERM to the server stops the module: no process outlives it.
-pub async fn shutdown_leaves_no_orphans(mut server: Server, m: &TestModule) {
+/// `signal` (SIGTERM, or SIGINT as Ctrl-C sends it) stops the server and
+/// its module cleanly: exit status 0, and no process outlives it.
+pub async fn shutdown_leaves_no_orphans(mut server: Server, m: &TestModule, signal: libc::c_int) {
     let pid = server.module_status(m.id).await.unwrap()["pid"]
         .as_u64()
         .unwrap() as u32;
     assert!(process_alive(pid));
-    let exit = server.stop().unwrap();
+    let exit = server.stop_with(signal).unwrap();
     assert!(exit.success(), "modhost exit: {exit}");
     assert!(
         !process_alive(pid),

@@ -368,10 +368,16 @@ impl Server {
 
     /// Sends SIGTERM and waits for the process to exit; returns its status.
     pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Sends `signal` (SIGTERM, or SIGINT as Ctrl-C does) and waits for the
+    /// process to exit; returns its status.
+    pub fn stop_with(&mut self, signal: libc::c_int) -> Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("already stopped")?;
         // SAFETY: kill(2) has no memory effects.
         unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            libc::kill(child.id() as libc::pid_t, signal);
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -380,7 +386,7 @@ impl Server {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                bail!("modhost did not exit within 20 s of SIGTERM");
+                bail!("modhost did not exit within 20 s of signal {signal}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -62,6 +62,6 @@ async fn module_exiting_mid_command_fails_the_client_at_once_and_is_restarted() 
 }
 
 #[tokio::test]
-async fn shutdown_stops_the_module_and_leaves_no_orphans() {
-    compat::shutdown_leaves_no_orphans(server().await, &PYTHON_DEMO).await;
+async fn sigterm_stops_the_module_and_leaves_no_orphans() {
+    compat::shutdown_leaves_no_orphans(server().await, &PYTHON_DEMO, libc::SIGTERM).await;
 }

@@ -57,6 +57,6 @@ async fn module_exiting_mid_command_fails_the_client_at_once_and_is_restarted() 
 }
 
 #[tokio::test]
-async fn shutdown_stops_the_module_and_leaves_no_orphans() {
-    compat::shutdown_leaves_no_orphans(server().await, &ECHO).await;
+async fn ctrl_c_stops_the_module_and_leaves_no_orphans() {
+    compat::shutdown_leaves_no_orphans(server().await, &ECHO, libc::SIGINT).await;
 }

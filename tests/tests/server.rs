@@ -154,6 +154,28 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
         .unwrap();
     assert_error_response(r, 400, "UTF-8").await;
 
+    // A percent escape that decodes to invalid UTF-8, in the query string.
+    let r = post("/v1/fake/work?n=%FF").send().await.unwrap();
+    assert_error_response(
+        r,
+        400,
+        "the value of 'n' in the query string is not valid UTF-8",
+    )
+    .await;
+
+    // A method an endpoint does not take, under /v1 (no route) and on the web
+    // UI (405): JSON bodies either way.
+    let r = server
+        .http
+        .put(server.url("/v1/server/status/ping"))
+        .send()
+        .await
+        .unwrap();
+    assert_error_response(r, 404, "no route matches PUT /v1/server/status/ping").await;
+    let r = post("/explorer.html").send().await.unwrap();
+    assert_eq!(r.headers()["allow"], "GET, HEAD");
+    assert_error_response(r, 405, "POST is not allowed on /explorer.html").await;
+
     // Malformed multipart.
     let r = post("/v1/fake/work")
         .header("Content-Type", "multipart/form-data; boundary=XYZ")
@@ -199,8 +221,15 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
         .unwrap();
     assert_error_response(r, 413, "1048576 bytes").await;
 
-    // None of it was queued, and the server still answers.
+    // None of it was queued, and the server still answers. An empty long
+    // poll is answered (204) after the protocol's 10 s wait, not held on.
+    let polled = Instant::now();
     assert!(poll(&server).await.is_none());
+    assert!(
+        polled.elapsed() < Duration::from_secs(12),
+        "an empty poll was held {:?}",
+        polled.elapsed()
+    );
     let ping = server.get_json("/v1/server/status/ping").await.unwrap();
     assert_eq!(ping["success"], true);
 }
@@ -505,6 +534,27 @@ async fn server_endpoints_serve_the_explorer_and_the_dashboard() {
     assert_eq!(code, 400, "{body}");
     assert_error(&body, "malformed form body");
 
+    // A module's log entry, posted as the Python SDK does, shows in the tail.
+    let (code, body) = server
+        .post_form(
+            "/v1/log/",
+            &[
+                ("entry", "hello from a module"),
+                ("category", "Echo"),
+                ("label", "test"),
+                ("log_level", "warning"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!((code, &body["success"]), (200, &json!(true)), "{body}");
+    let (code, body) = server
+        .post_form("/v1/log/", &[("category", "Echo")])
+        .await
+        .unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert_error(&body, "field 'entry' is missing");
+
     // The log tail, filtered by module, then only what is new.
     let log = server
         .get_json("/v1/log/list?count=500&moduleId=Echo")
@@ -519,6 +569,12 @@ async fn server_endpoints_serve_the_explorer_and_the_dashboard() {
         "{log}"
     );
     assert!(entries.iter().all(|e| e["category"] == "Echo"), "{log}");
+    let posted = entries
+        .iter()
+        .find(|e| e["entry"] == "Echo: hello from a module")
+        .expect("the posted entry is in the tail");
+    assert_eq!(posted["label"], "test", "{posted}");
+    assert_eq!(posted["level"], "warning", "{posted}");
     let last = entries.last().unwrap()["id"].as_u64().unwrap();
     let newer = server
         .get_json(&format!(
@@ -590,4 +646,109 @@ async fn a_module_that_is_not_installed_is_installed_then_started() {
         .unwrap()
         .to_string();
     assert!(log.contains("no compiler here"), "{log}");
+}
+
+/// What a module process is given: the CPAI_* variables and the manifest's
+/// EnvironmentVariables (macros expanded, `@` kept literal), in its own
+/// directory; and how it is stopped: a `quit` command on its queue, then,
+/// as this one ignores it, a signal.
+#[tokio::test]
+async fn a_module_gets_its_environment_and_a_quit_command_when_stopped() {
+    let root = Server::root().unwrap();
+    let dir = root.path().join("modules").join("Envy");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("modulesettings.json"),
+        r#"{ "Modules": { "Envy": {
+            "Name": "Envy Module", "Version": "1.2.3",
+            "LaunchSettings": { "FilePath": "run.sh", "Runtime": "execute", "AutoStart": true,
+                                "Queue": "envy_queue", "Parallelism": 3, "LogVerbosity": "Loud" },
+            "EnvironmentVariables": { "Demo_Dir": "%CURRENT_MODULE_PATH%/models",
+                                      "LITERAL": "@%OS%" },
+            "GpuOptions": { "InstallGPU": true, "EnableGPU": true },
+            "RouteMaps": [ { "Name": "w", "Route": "envy/w", "Method": "POST", "Command": "w" } ]
+        } } }"#,
+    )
+    .unwrap();
+    let script = dir.join("run.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nenv > env.partial && mv env.partial env.txt\nexec sleep 600\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let server = Server::start(root, &[]).await.unwrap();
+    let env_file = dir.join("env.txt");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !env_file.exists() {
+        assert!(Instant::now() < deadline, "the module never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = std::fs::read_to_string(&env_file).unwrap();
+    let env: std::collections::HashMap<&str, &str> =
+        text.lines().filter_map(|l| l.split_once('=')).collect();
+    let port = server.base.rsplit(':').next().unwrap();
+    let module_dir = dir.display().to_string();
+    let models = format!("{module_dir}/models");
+    for (key, expected) in [
+        ("CPAI_PORT", port),
+        ("CPAI_MODULE_ID", "Envy"),
+        ("CPAI_MODULE_NAME", "Envy Module"),
+        ("CPAI_MODULE_PATH", &module_dir),
+        ("CPAI_MODULE_QUEUENAME", "envy_queue"),
+        ("CPAI_MODULE_PARALLELISM", "3"),
+        ("CPAI_LOG_VERBOSITY", "Loud"),
+        ("CPAI_MODULE_ENABLE_GPU", "True"),
+        ("CPAI_MODULE_SERVER_LAUNCHED", "true"),
+        ("DEMO_DIR", &models),
+        ("LITERAL", "%OS%"),
+        ("PWD", &module_dir),
+    ] {
+        assert_eq!(env.get(key).copied(), Some(expected), "{key} in\n{text}");
+    }
+
+    // Stopping it: the module's next poll gets `quit`.
+    let pid = server.module_status("Envy").await.unwrap()["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    let poll = {
+        let http = server.http.clone();
+        let url = server.url("/v1/queue/envy_queue?moduleId=Envy");
+        tokio::spawn(async move { http.get(url).send().await.unwrap() })
+    };
+    server
+        .wait_for_status("Envy", "Started", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let (code, body) = server
+        .post_form(
+            "/v1/server/settings/Envy",
+            &[("name", "AutoStart"), ("value", "false")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let response = tokio::time::timeout(Duration::from_secs(15), poll)
+        .await
+        .expect("no quit command reached the module's poll")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let quit: Value = response.json().await.unwrap();
+    assert_eq!(quit["reqtype"], "quit", "{quit}");
+    assert_eq!(quit["payload"]["command"], "quit", "{quit}");
+    assert_eq!(
+        quit["payload"]["values"],
+        json!([{"key": "moduleId", "value": ["Envy"]}])
+    );
+    server
+        .wait_for_status("Envy", "Stopped", Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(
+        !modhost_tests::process_alive(pid),
+        "a module that ignores quit is killed"
+    );
 }
