@@ -4,9 +4,9 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
-use std::sync::mpsc as std_mpsc;
+use std::sync::{mpsc as std_mpsc, Once};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,6 +22,27 @@ struct Probe {
     cleaned_up: AtomicBool,
     cancelled: Mutex<Vec<String>>,
     initialised: AtomicUsize,
+    /// `rendezvous` commands that have started; waited on with `arrivals`.
+    arrived: Mutex<usize>,
+    arrivals: Condvar,
+}
+
+impl Probe {
+    /// Counts the caller in, then waits (up to 10 s, less than [`within`]
+    /// waits for the reply) until `parties` callers have been counted in.
+    /// Returns whether they all were: only if they run at the same time.
+    fn rendezvous(&self, parties: usize) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut arrived = self.arrived.lock();
+        *arrived += 1;
+        self.arrivals.notify_all();
+        while *arrived < parties {
+            if self.arrivals.wait_until(&mut arrived, deadline).timed_out() {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 /// A module with one command per behaviour under test.
@@ -63,6 +84,12 @@ impl ModuleRunner for TestModule {
         match request.command() {
             "echo" => Ok(Outcome::done(json!({"message": request.string("text")?}))),
             "panic" => panic!("deliberate test panic"),
+            "rendezvous" => {
+                let parties = usize::try_from(request.int("parties")?)
+                    .map_err(|_| ModuleError::from("negative 'parties'"))?;
+                let met = self.probe.rendezvous(parties);
+                Ok(Outcome::done(json!({"met": met})))
+            }
             "long" | "long_fail" | "long_panic" => {
                 let gate = Arc::clone(&self.gate_rx);
                 let kind = request.command().to_owned();
@@ -405,6 +432,35 @@ struct FakeServer {
     items: mpsc::UnboundedSender<String>,
     replies: mpsc::UnboundedReceiver<Captured>,
     statuses: mpsc::UnboundedReceiver<Captured>,
+    polls: watch::Receiver<Polls>,
+}
+
+/// The long polls the fake server holds open, waiting for an item.
+#[derive(Debug, Clone, Copy, Default)]
+struct Polls {
+    /// Open now.
+    outstanding: usize,
+    /// The most that were open at once.
+    peak: usize,
+}
+
+/// Counts a poll as outstanding while it lives.
+struct Outstanding(watch::Sender<Polls>);
+
+impl Outstanding {
+    fn new(polls: &watch::Sender<Polls>) -> Self {
+        polls.send_modify(|p| {
+            p.outstanding += 1;
+            p.peak = p.peak.max(p.outstanding);
+        });
+        Self(polls.clone())
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.send_modify(|p| p.outstanding -= 1);
+    }
 }
 
 #[derive(Clone)]
@@ -414,20 +470,29 @@ struct FakeState {
     statuses: mpsc::UnboundedSender<Captured>,
     /// Statuses to answer the next polls with before serving items.
     poll_failures: Arc<Mutex<VecDeque<u16>>>,
+    /// Counts the polls waiting for an item, for [`FakeServer::wait_for_polls`].
+    polls: watch::Sender<Polls>,
 }
 
 impl FakeServer {
     async fn start(poll_failures: &[u16]) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve_on(listener, poll_failures)
+    }
+
+    /// Serves on a listener the test bound.
+    fn serve_on(listener: TcpListener, poll_failures: &[u16]) -> Self {
         let addr: SocketAddr = listener.local_addr().expect("local addr");
         let (items_tx, items_rx) = mpsc::unbounded_channel();
         let (replies_tx, replies_rx) = mpsc::unbounded_channel();
         let (statuses_tx, statuses_rx) = mpsc::unbounded_channel();
+        let (polls_tx, polls_rx) = watch::channel(Polls::default());
         let state = FakeState {
             items: Arc::new(tokio::sync::Mutex::new(items_rx)),
             replies: replies_tx,
             statuses: statuses_tx,
             poll_failures: Arc::new(Mutex::new(poll_failures.iter().copied().collect())),
+            polls: polls_tx,
         };
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -439,7 +504,14 @@ impl FakeServer {
             items: items_tx,
             replies: replies_rx,
             statuses: statuses_rx,
+            polls: polls_rx,
         }
+    }
+
+    /// Waits until exactly `n` polls are outstanding; returns the counts.
+    async fn wait_for_polls(&mut self, n: usize) -> Polls {
+        let polls = within(self.polls.wait_for(|p| p.outstanding == n)).await;
+        *polls.expect("server alive")
     }
 
     fn push(&self, item: Value) {
@@ -488,10 +560,19 @@ async fn serve_connection(mut stream: TcpStream, state: FakeState) {
         let failure = state.poll_failures.lock().pop_front();
         match failure {
             Some(code) => (code, String::from("scripted failure")),
-            None => match state.items.lock().await.recv().await {
-                Some(item) => (200, item),
-                None => (204, String::new()),
-            },
+            None => {
+                let _outstanding = Outstanding::new(&state.polls);
+                let item = async { state.items.lock().await.recv().await };
+                tokio::select! {
+                    item = item => match item {
+                        Some(item) => (200, item),
+                        None => (204, String::new()),
+                    },
+                    // The module gave up on this poll (its client timed out):
+                    // the next item is for a poll that is still there.
+                    () = closed(&mut stream) => return,
+                }
+            }
         }
     } else if method == "POST" && target.starts_with("/v1/queue/updatemodulestatus/") {
         let _ = state.statuses.send(captured);
@@ -508,6 +589,12 @@ async fn serve_connection(mut stream: TcpStream, state: FakeState) {
     );
     let _ = stream.write_all(response.as_bytes()).await;
     let _ = stream.shutdown().await;
+}
+
+/// Resolves when the peer has closed the connection.
+async fn closed(stream: &mut TcpStream) {
+    let mut chunk = [0u8; 64];
+    while let Ok(1..) = stream.read(&mut chunk).await {}
 }
 
 type RawRequest = (String, String, Vec<(String, String)>, String);
@@ -592,6 +679,54 @@ fn start_module(
         let _ = done_tx.send(run_with(module, ctx, RunOptions::default()));
     });
     (done_rx, probe, gate)
+}
+
+/// Warnings and errors logged in this test process: how a test sees what a
+/// module reports only in its log. Tests running at the same time log here
+/// too, so each looks for something unique to it (its server's port).
+static LOG: Mutex<String> = Mutex::new(String::new());
+
+struct LogSink;
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        LOG.lock().push_str(&String::from_utf8_lossy(bytes));
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends warnings and errors to [`LOG`] from now on. A global subscriber,
+/// not a scoped one: the module logs from its own runtime's threads.
+fn capture_log() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(|| LogSink)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other test installs a global subscriber");
+    });
+}
+
+/// How many logged lines (since [`capture_log`]) contain `text`.
+fn logged(text: &str) -> usize {
+    LOG.lock().lines().filter(|l| l.contains(text)).count()
+}
+
+/// Waits until a line containing `text` is logged.
+async fn wait_logged(text: &str) {
+    within(async {
+        while logged(text) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
 }
 
 fn queue_item(reqid: &str, command: &str, values: &[(&str, &str)]) -> Value {
@@ -720,6 +855,76 @@ async fn failed_poll_backs_off_then_recovers() {
         started.elapsed() >= BACKOFF_START,
         "the 500 must be followed by a pause before the next poll"
     );
+    server.push(queue_item("q", "quit", &[]));
+    assert_eq!(
+        within(done).await.expect("module thread reports"),
+        ExitCode::SUCCESS
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_a_poll_outstanding_per_worker_and_serves_them_at_once() {
+    const PARALLELISM: usize = 3;
+    let mut server = FakeServer::start(&[]).await;
+    let (done, _, _) = start_module(&server.url, PARALLELISM);
+    server.wait_for_polls(PARALLELISM).await;
+
+    // Each command waits until all of them have started: they are answered
+    // only if the workers handle them at the same time.
+    let parties = PARALLELISM.to_string();
+    for i in 0..PARALLELISM {
+        server.push(queue_item(
+            &format!("r{i}"),
+            "rendezvous",
+            &[("parties", &parties)],
+        ));
+    }
+    let mut answered = Vec::new();
+    for _ in 0..PARALLELISM {
+        let (_, body) = server.next_reply().await;
+        assert_eq!(body["met"], true, "commands ran one after another: {body}");
+        answered.push(body["requestId"].as_str().unwrap_or_default().to_owned());
+    }
+    answered.sort();
+    assert_eq!(answered, ["r0", "r1", "r2"]);
+
+    // Idle again: each worker polls again, and none holds two polls.
+    let polls = server.wait_for_polls(PARALLELISM).await;
+    assert_eq!(polls.peak, PARALLELISM, "{polls:?}");
+
+    server.push(queue_item("q", "quit", &[]));
+    assert_eq!(
+        within(done).await.expect("module thread reports"),
+        ExitCode::SUCCESS
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_with_backoff_when_the_server_is_away() {
+    capture_log();
+    // A port nothing listens on, until the server below binds it.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let url = format!("http://{addr}/v1/");
+    let started = Instant::now();
+    let (done, _, _) = start_module(&url, 1);
+
+    // The poll was refused (and said so) before the server came up.
+    let refused = format!("cannot reach the server at {url}queue/");
+    wait_logged(&refused).await;
+    let listener = TcpListener::bind(addr).await.expect("bind the freed port");
+    let mut server = FakeServer::serve_on(listener, &[]);
+
+    let body = server
+        .call(queue_item("r1", "echo", &[("text", "back")]))
+        .await;
+    assert_eq!(body["message"], "back");
+    assert!(
+        started.elapsed() >= BACKOFF_START,
+        "the refused poll must be followed by a pause before the next"
+    );
+    assert_eq!(logged(&refused), 1, "an outage is logged once");
     server.push(queue_item("q", "quit", &[]));
     assert_eq!(
         within(done).await.expect("module thread reports"),
