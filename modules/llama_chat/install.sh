@@ -14,11 +14,24 @@
 set -euo pipefail
 
 module_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-workspace=$(cd "$module_dir/../.." && pwd)
 cd "$module_dir"
 
 say() { echo "info: LlamaChat install: $*"; }
 die() { echo "error: LlamaChat install: $*" >&2; exit 1; }
+
+# The Cargo workspace that holds this module's source: the nearest directory
+# above with a Cargo.toml that declares [workspace].
+find_workspace() {
+  local dir=$module_dir
+  while [ "$dir" != "/" ]; do
+    dir=$(dirname "$dir")
+    if [ -f "$dir/Cargo.toml" ] && grep -q '^\[workspace\]' "$dir/Cargo.toml"; then
+      echo "$dir"
+      return 0
+    fi
+  done
+  return 1
+}
 
 # 1. The binary.
 mkdir -p bin
@@ -32,6 +45,8 @@ else
   ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1 \
     || [ -n "${LIBCLANG_PATH:-}" ] \
     || die "libclang is missing (bindgen needs it): apt-get install -y libclang-dev"
+  workspace=$(find_workspace) \
+    || die "no Cargo workspace above $module_dir to build llama_chat in: build it there, or set LLAMA_CHAT_PREBUILT to a llama_chat binary"
   say "building llama_chat in release mode (the first build compiles llama.cpp: several minutes)"
   (cd "$workspace" && cargo build --release --locked -p llama_chat)
   target_dir=${CARGO_TARGET_DIR:-$workspace/target}

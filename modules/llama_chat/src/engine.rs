@@ -19,7 +19,7 @@
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -252,6 +252,21 @@ impl CancelToken {
     }
 }
 
+/// How many tokens a generation has produced so far, shared between its producer
+/// ([`GenerationSink::count_token`]) and its readers. Clones share the count.
+#[derive(Debug, Clone, Default)]
+pub struct TokenCount(Arc<AtomicU32>);
+
+impl TokenCount {
+    /// The tokens counted so far.
+    #[must_use]
+    pub fn get(&self) -> u32 {
+        // SeqCst, like the cancel flag: a count read after a cancel covers every
+        // token produced before the producer could see that cancel.
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// A chat's generation: read its events, cancel it. Dropping it cancels it.
 ///
 /// An engine may hand the chat to its generation thread only when the
@@ -261,6 +276,8 @@ impl CancelToken {
 pub struct Generation {
     events: Receiver<GenerationEvent>,
     cancel: CancelToken,
+    /// Tokens produced so far, for [`Self::tokens_generated`].
+    tokens: TokenCount,
     /// Starts the chat; taken on the first read, `begin` or drop.
     // parking_lot: taken once, never held while waiting.
     launch: Mutex<Option<Box<dyn FnOnce() + Send>>>,
@@ -280,6 +297,8 @@ impl std::fmt::Debug for Generation {
 pub struct GenerationSink {
     events: Sender<GenerationEvent>,
     cancel: CancelToken,
+    /// Shared with the [`Generation`]: what [`Self::count_token`] counts.
+    tokens: TokenCount,
 }
 
 impl GenerationSink {
@@ -287,6 +306,19 @@ impl GenerationSink {
     #[must_use]
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
+    }
+
+    /// Counts one generated token and returns the total so far. Call it as soon as
+    /// the token is sampled, before its piece is sent, so that
+    /// [`Generation::tokens_generated`] never lags behind the pieces.
+    pub fn count_token(&self) -> u32 {
+        self.tokens.0.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The tokens counted so far with [`Self::count_token`].
+    #[must_use]
+    pub fn tokens_generated(&self) -> u32 {
+        self.tokens.get()
     }
 
     /// Sends reply text, blocking while the channel is full. Returns false when the
@@ -313,14 +345,17 @@ impl Generation {
     pub fn channel() -> (GenerationSink, Generation) {
         let (tx, rx) = crossbeam_channel::bounded(EVENT_CHANNEL_CAPACITY);
         let cancel = CancelToken::default();
+        let tokens = TokenCount::default();
         (
             GenerationSink {
                 events: tx,
                 cancel: cancel.clone(),
+                tokens: tokens.clone(),
             },
             Generation {
                 events: rx,
                 cancel,
+                tokens,
                 launch: Mutex::new(None),
             },
         )
@@ -351,6 +386,23 @@ impl Generation {
     #[must_use]
     pub fn cancel_token(&self) -> CancelToken {
         self.cancel.clone()
+    }
+
+    /// Tokens generated so far (an end-of-generation token is not counted). The
+    /// engine counts a token when it samples it, before the piece is sent, so this
+    /// runs ahead of the pieces read by up to [`EVENT_CHANNEL_CAPACITY`] + 1; after
+    /// the final event it equals the summary's `completion_tokens`. Read right after
+    /// [`Self::cancel`], it bounds the reply: at most one more token follows. 0 for
+    /// a producer that does not call [`GenerationSink::count_token`].
+    #[must_use]
+    pub fn tokens_generated(&self) -> u32 {
+        self.tokens.get()
+    }
+
+    /// A handle that reads [`Self::tokens_generated`] from elsewhere.
+    #[must_use]
+    pub fn token_count(&self) -> TokenCount {
+        self.tokens.clone()
     }
 
     /// The next event, waiting for it. A producer that vanished without a final
@@ -393,8 +445,8 @@ impl Generation {
 impl Drop for Generation {
     fn drop(&mut self) {
         self.cancel.cancel();
-        // An unstarted chat still goes to the engine, already cancelled, so
-        // that the engine's accounting of chats stays whole.
+        // An unstarted chat is still launched, already cancelled, so that the
+        // engine finishes it and counts it out (at once: it is not queued).
         self.begin();
     }
 }
@@ -503,7 +555,8 @@ pub struct LlamaEngine {
     on_gpu: bool,
     /// Chats for the generation thread; closing it ends the thread.
     jobs: Sender<(Job, GenerationSink)>,
-    /// Chats started and not yet finished (running or queued).
+    /// Chats started and not yet finished (running, queued, or not yet begun),
+    /// each counted by its [`InFlight`].
     in_flight: Arc<AtomicUsize>,
 }
 
@@ -565,10 +618,10 @@ impl LlamaEngine {
         // Chats queue here beyond the running one; `start` refuses more than
         // `max_waiting`, so the bound is never what blocks.
         let (jobs, queued) = crossbeam_channel::bounded(config.max_waiting + 1);
-        let (worker_model, counter) = (Arc::clone(&model), Arc::clone(&in_flight));
+        let worker_model = Arc::clone(&model);
         std::thread::Builder::new()
             .name("llama-generate".into())
-            .spawn(move || generation_thread(&worker_model, spec, &queued, &counter))
+            .spawn(move || generation_thread(&worker_model, spec, &queued))
             .map_err(|e| LoadError::Load {
                 path: path.to_path_buf(),
                 reason: format!("cannot start the generation thread: {e}"),
@@ -713,11 +766,11 @@ impl Generator for LlamaEngine {
             }
             n => n,
         };
-        // Count this chat in before spawning; the thread counts itself out.
-        let in_flight = self.in_flight.fetch_add(1, Ordering::SeqCst);
-        if in_flight > self.config.max_waiting {
-            self.in_flight.fetch_sub(1, Ordering::SeqCst);
-            return Err(ChatError::Busy(in_flight));
+        // Count this chat in before launching; dropping `in_flight` (here when
+        // busy, else once the chat has finished) counts it out.
+        let (in_flight, waiting) = InFlight::enter(&self.in_flight);
+        if waiting > self.config.max_waiting {
+            return Err(ChatError::Busy(waiting));
         }
 
         let seed = request.seed.unwrap_or_else(random_seed);
@@ -729,16 +782,23 @@ impl Generator for LlamaEngine {
             top_k: request.top_k,
             seed,
             stop: request.stop,
+            in_flight,
         };
         let (sink, generation) = Generation::channel();
-        let (jobs, in_flight) = (self.jobs.clone(), Arc::clone(&self.in_flight));
+        let jobs = self.jobs.clone();
         generation.launch_on_first_read(move || {
-            // Fails only when the generation thread died (a panic in
-            // llama.cpp code); the dropped sink then ends the generation
-            // with `Disconnected`.
-            if jobs.try_send((job, sink)).is_err() {
-                in_flight.fetch_sub(1, Ordering::SeqCst);
+            if sink.is_cancelled() {
+                // Cancelled or dropped before it began (such as a chat the SDK
+                // refused as a second long command): finish it here, as the
+                // thread would, instead of queueing it behind the running chat,
+                // where it would count as waiting until that chat ended.
+                job.finish(Ok(StopReason::Cancelled), &Progress::new(), sink);
+                return;
             }
+            // Fails only when the generation thread died (a panic in
+            // llama.cpp code); the dropped job counts itself out and the
+            // dropped sink ends the generation with `Disconnected`.
+            let _ = jobs.try_send((job, sink));
         });
         Ok(generation)
     }
@@ -782,12 +842,28 @@ fn generation_thread(
     model: &LlamaModel,
     spec: ContextSpec,
     jobs: &Receiver<(Job, GenerationSink)>,
-    in_flight: &AtomicUsize,
 ) {
     let mut ctx: Option<LlamaContext<'_>> = None;
     for (job, sink) in jobs {
         job.run(model, spec, &mut ctx, sink);
-        in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One chat counted in its engine's `in_flight` total; dropping it counts the
+/// chat out, on every path (refused as busy, finished, never delivered).
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    /// Counts a chat in; also returns how many were in flight before it.
+    fn enter(count: &Arc<AtomicUsize>) -> (Self, usize) {
+        let before = count.fetch_add(1, Ordering::SeqCst);
+        (Self(Arc::clone(count)), before)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -818,14 +894,25 @@ struct Job {
     top_k: u32,
     seed: u32,
     stop: Vec<String>,
+    /// Counts this chat in the engine's total until the job is dropped.
+    in_flight: InFlight,
 }
 
-/// Running totals of one generation.
+/// Timings of one generation (its token count is the sink's).
 struct Progress {
     started: Instant,
     prompt_done: Option<Instant>,
     first_token: Option<Instant>,
-    completion_tokens: u32,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            prompt_done: None,
+            first_token: None,
+        }
+    }
 }
 
 impl Job {
@@ -838,19 +925,21 @@ impl Job {
         ctx: &mut Option<LlamaContext<'m>>,
         sink: GenerationSink,
     ) {
-        let mut progress = Progress {
-            started: Instant::now(),
-            prompt_done: None,
-            first_token: None,
-            completion_tokens: 0,
-        };
+        let mut progress = Progress::new();
         let result = self.generate(model, spec, ctx, &sink, &mut progress);
         if result.is_err() {
             *ctx = None;
         }
+        self.finish(result, &progress, sink);
+    }
+
+    /// Counts the chat out of the engine, then sends its last event: a reader
+    /// who has seen the end finds the chat no longer in flight.
+    fn finish(self, result: Result<StopReason, ChatError>, p: &Progress, sink: GenerationSink) {
+        let result = result.map(|stop_reason| self.summary(stop_reason, p, &sink));
+        drop(self.in_flight);
         match result {
-            Ok(stop_reason) => {
-                let summary = self.summary(stop_reason, &progress);
+            Ok(summary) => {
                 tracing::debug!(?summary, "generation finished");
                 sink.done(summary);
             }
@@ -861,13 +950,14 @@ impl Job {
         }
     }
 
-    fn summary(&self, stop_reason: StopReason, p: &Progress) -> Summary {
+    fn summary(&self, stop_reason: StopReason, p: &Progress, sink: &GenerationSink) -> Summary {
+        let completion_tokens = sink.tokens_generated();
         let end = Instant::now();
         let gen_secs = p
             .prompt_done
             .map_or(0.0, |t| end.duration_since(t).as_secs_f64());
-        let tokens_per_second = if p.completion_tokens > 0 && gen_secs > 0.0 {
-            (f64::from(p.completion_tokens) / gen_secs * 10.0).round() / 10.0
+        let tokens_per_second = if completion_tokens > 0 && gen_secs > 0.0 {
+            (f64::from(completion_tokens) / gen_secs * 10.0).round() / 10.0
         } else {
             0.0
         };
@@ -877,7 +967,7 @@ impl Job {
         Summary {
             stop_reason,
             prompt_tokens: self.tokens.len() as u32,
-            completion_tokens: p.completion_tokens,
+            completion_tokens,
             inference_ms: end.duration_since(p.started).as_millis() as u64,
             tokens_per_second,
             time_to_first_token_ms: ttft,
@@ -963,7 +1053,7 @@ impl Job {
             if vocab.is_eog(token) {
                 break StopReason::Completed;
             }
-            p.completion_tokens += 1;
+            let completion_tokens = sink.count_token();
 
             piece.clear();
             // Control tokens render as nothing; normal pieces and bytes as text.
@@ -975,7 +1065,7 @@ impl Job {
             if step.stopped {
                 break StopReason::Stop;
             }
-            if p.completion_tokens >= self.max_tokens {
+            if completion_tokens >= self.max_tokens {
                 break StopReason::Length;
             }
             if sink.is_cancelled() {
@@ -1116,25 +1206,95 @@ pub(crate) mod tests {
             }
         }
         generation.cancel();
-        let mut after_cancel = 0u32;
+        // Every token counted by now was produced before the cancel; at most the
+        // one being sampled when the flag was set can follow.
+        let n0 = generation.tokens_generated();
+        assert!(
+            n0 >= received,
+            "{n0} tokens counted, {received} pieces read"
+        );
         let summary = loop {
             match generation.recv() {
-                GenerationEvent::Piece(_) => after_cancel += 1,
+                GenerationEvent::Piece(_) => {}
                 GenerationEvent::Done(s) => break s,
                 GenerationEvent::Failed(e) => panic!("{e}"),
             }
         };
         assert_eq!(summary.stop_reason, StopReason::Cancelled);
-        // Pieces already queued (at most the channel's capacity) plus the one being
-        // produced when the flag was set, and nothing more.
-        let limit = EVENT_CHANNEL_CAPACITY as u32 + 1;
-        assert!(after_cancel <= limit, "{after_cancel} pieces after cancel");
-        assert!(summary.completion_tokens <= received + limit);
-        assert!(summary.completion_tokens < 1000 - summary.prompt_tokens);
+        assert!(
+            summary.completion_tokens <= n0 + 1,
+            "{} tokens, {n0} when cancelled",
+            summary.completion_tokens
+        );
+        assert_eq!(generation.tokens_generated(), summary.completion_tokens);
 
         let (reply, s) = run(req(10, 1.0, 5));
         assert_eq!(s.completion_tokens, 10);
         assert!(!reply.is_empty());
+    }
+
+    #[test]
+    fn top_k_1_and_a_tiny_top_p_leave_only_the_greedy_token() {
+        let greedy = run(req(24, 0.0, 1)).0;
+        let truncated = |seed: u32, top_k: u32, top_p: f32| {
+            run(ChatRequest {
+                top_k,
+                top_p,
+                ..req(24, 1.0, seed)
+            })
+            .0
+        };
+        // The control: without truncation these seeds sample something else,
+        // so an ignored top_k or top_p would fail the asserts below.
+        for seed in [2, 3] {
+            assert_ne!(truncated(seed, 0, 1.0), greedy, "seed {seed} untruncated");
+        }
+        for seed in [2, 3] {
+            // One candidate is left, so the draw has no choice.
+            assert_eq!(truncated(seed, 1, 1.0), greedy, "top_k 1, seed {seed}");
+            // Below 1 / n_vocab, so the most likely token alone reaches it
+            // (llama.cpp's top_p keeps at least min_keep = 1 token).
+            assert_eq!(truncated(seed, 0, 1e-4), greedy, "top_p 1e-4, seed {seed}");
+        }
+        // Both in the chain at once, with room to choose: a full, seeded reply.
+        let both = ChatRequest {
+            top_k: 40,
+            top_p: 0.9,
+            ..req(24, 1.0, 7)
+        };
+        let (a, s) = run(both.clone());
+        assert_eq!(s.completion_tokens, 24);
+        assert_eq!(run(both).0, a);
+    }
+
+    #[test]
+    fn a_chat_dropped_before_it_begins_frees_its_place_at_once() {
+        let m = load_demo(&DemoModelSpec::tiny(), None);
+        // A long chat under way; unread, it soon blocks on its full channel.
+        let running = m.engine.start(req(0, 1.0, 5)).unwrap();
+        assert!(matches!(running.recv(), GenerationEvent::Piece(_)));
+        // As the module's refused second chats: started, then dropped unread.
+        // More than `max_waiting` of them must not make the engine busy.
+        let max_waiting = EngineConfig::default().max_waiting;
+        for i in 0..2 * max_waiting + 2 {
+            let refused = m.engine.start(req(0, 1.0, 5));
+            assert!(refused.is_ok(), "chat {i}: {refused:?}");
+            drop(refused);
+            assert_eq!(m.engine.in_flight.load(Ordering::SeqCst), 1, "chat {i}");
+        }
+        // Cancelled before its first read: ends at once, without generating.
+        let early = m.engine.start(req(0, 1.0, 5)).unwrap();
+        early.cancel();
+        let (reply, s) = early.wait().unwrap();
+        assert_eq!((reply.as_str(), s.stop_reason), ("", StopReason::Cancelled));
+        assert_eq!(s.completion_tokens, 0);
+
+        running.cancel();
+        let (_, s) = running.wait().unwrap();
+        assert_eq!(s.stop_reason, StopReason::Cancelled);
+        assert_eq!(m.engine.in_flight.load(Ordering::SeqCst), 0);
+        let (_, s) = m.engine.start(req(5, 1.0, 5)).unwrap().wait().unwrap();
+        assert_eq!(s.completion_tokens, 5);
     }
 
     #[test]
