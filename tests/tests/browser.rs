@@ -137,9 +137,17 @@ impl Browser {
         let dir = screenshots_dir();
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("{name}.png"));
-        if let Ok(png) = self.client.screenshot().await {
-            std::fs::write(&path, png).unwrap();
-        }
+        let png = self
+            .client
+            .screenshot()
+            .await
+            .unwrap_or_else(|e| panic!("screenshot {name}: {e}"));
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 1000,
+            "screenshot {name} is not a PNG of a page ({} bytes)",
+            png.len()
+        );
+        std::fs::write(&path, png).unwrap();
         path
     }
 }
