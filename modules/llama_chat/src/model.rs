@@ -314,6 +314,113 @@ mod tests {
         assert!(msg.contains("put the GGUF file in"), "{msg}");
     }
 
+    /// A stand-in for the Hub on a local port, answering what `hf-hub` asks:
+    /// the repository's file list, then the file (a 1-byte range for its
+    /// metadata, then all of it). Returns the endpoint and the paths asked for.
+    fn fake_hub(
+        repo: &str,
+        files: &[&str],
+        content: Vec<u8>,
+    ) -> (String, std::sync::mpsc::Receiver<String>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        let siblings: Vec<_> = files
+            .iter()
+            .map(|f| serde_json::json!({ "rfilename": f }))
+            .collect();
+        let info = serde_json::json!({ "siblings": siblings, "sha": sha }).to_string();
+        let info_path = format!("/api/models/{repo}/revision/main");
+        let file_prefix = format!("/{repo}/resolve/main/");
+        let (seen, paths) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                reader.read_line(&mut request_line).unwrap();
+                let path = request_line.split(' ').nth(1).unwrap_or("").to_owned();
+                let mut range_start = None;
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':') {
+                        if name.eq_ignore_ascii_case("range") {
+                            range_start = value.trim().strip_prefix("bytes=").map(str::to_owned);
+                        }
+                    }
+                }
+                let _ = seen.send(path.clone());
+                let (status, headers, body) = if path == info_path {
+                    ("200 OK", String::new(), info.clone().into_bytes())
+                } else if path.starts_with(&file_prefix) {
+                    let total = content.len();
+                    let body = match range_start.as_deref() {
+                        Some("0-0") => content[..1].to_vec(),
+                        _ => content.clone(),
+                    };
+                    let headers = format!(
+                        "etag: \"blob-etag\"\r\nx-repo-commit: {sha}\r\ncontent-range: bytes 0-{}/{total}\r\n",
+                        body.len() - 1
+                    );
+                    ("206 Partial Content", headers, body)
+                } else {
+                    ("404 Not Found", String::new(), b"{}".to_vec())
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n{headers}\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&body);
+            }
+        });
+        (endpoint, paths)
+    }
+
+    #[test]
+    fn a_missing_model_is_downloaded_by_its_repository_and_glob() {
+        let dir = tempfile::tempdir().unwrap();
+        let content: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
+        let (endpoint, paths) = fake_hub(
+            "owner/model-GGUF",
+            &[
+                "README.md",
+                "model-q8.gguf",
+                "model-q4.gguf",
+                "model-q4-big.bin",
+            ],
+            content.clone(),
+        );
+        let s = source(
+            dir.path(),
+            &[
+                (ENV_FILENAME, "model.gguf"),
+                (ENV_REPO, "owner/model-GGUF"),
+                (ENV_FILEGLOB, "*q4.gguf"),
+                ("HF_ENDPOINT", &endpoint),
+            ],
+        );
+        let path = s.ensure().unwrap();
+        assert_eq!(path, dir.path().join("models/model-q4.gguf"));
+        assert_eq!(std::fs::read(&path).unwrap(), content);
+        let asked: Vec<String> = paths.try_iter().collect();
+        assert_eq!(asked[0], "/api/models/owner/model-GGUF/revision/main");
+        assert!(
+            asked[1..]
+                .iter()
+                .all(|p| p == "/owner/model-GGUF/resolve/main/model-q4.gguf"),
+            "{asked:?}"
+        );
+        // Found in place the next time: no second download.
+        assert_eq!(s.ensure().unwrap(), path);
+        assert_eq!(paths.try_iter().count(), 0);
+    }
+
     #[test]
     fn a_file_matching_the_glob_is_found_without_downloading() {
         let dir = tempfile::tempdir().unwrap();
