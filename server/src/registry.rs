@@ -260,9 +260,10 @@ mod tests {
             "LaunchSettings": {"FilePath": "m", "Runtime": "execute"},
             "RouteMaps": route_maps,
         }}});
-        let dir = tempfile::tempdir().unwrap().keep();
-        std::fs::write(dir.join("modulesettings.json"), text.to_string()).unwrap();
-        modulesettings::load_module_dir(&dir, &modulesettings::Platform::current()).unwrap()
+        // The manifest is read at once; routing never looks at the directory.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("modulesettings.json"), text.to_string()).unwrap();
+        modulesettings::load_module_dir(dir.path(), &modulesettings::Platform::current()).unwrap()
     }
 
     fn registry() -> Registry {

@@ -153,7 +153,8 @@ pub async fn cancel_stops_a_long_process(server: &Server, m: &TestModule) {
     assert_eq!(last[field], value(), "{last}");
 }
 
-/// The module's 2-second status updates show in `/v1/module/list/status`.
+/// The module's 2-second status updates show in `/v1/module/list/status`,
+/// and keep coming: a command served later is counted in a later update.
 pub async fn status_updates_are_visible(server: &Server, m: &TestModule) {
     let deadline = Instant::now() + Duration::from_secs(15);
     let entry = loop {
@@ -173,6 +174,31 @@ pub async fn status_updates_are_visible(server: &Server, m: &TestModule) {
         "canUseGPU is a string in the SDKs"
     );
     assert!(entry["lastSeen"].is_string(), "{entry}");
+
+    // The updates keep coming: a command served now shows in a later one.
+    let before = entry["statusData"]["successfulInferences"]
+        .as_u64()
+        .unwrap();
+    let (_, body) = server
+        .post_form(&format!("/v1/{}", m.echo_route), &[("text", "count me")])
+        .await
+        .unwrap();
+    assert_eq!(body["message"], "count me", "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let entry = server.module_status(m.id).await.unwrap();
+        let now = entry["statusData"]["successfulInferences"]
+            .as_u64()
+            .unwrap_or(0);
+        if now > before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no later status update counted the command: {entry}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// A module that exits mid-command: the client gets a clear error at once
