@@ -284,22 +284,28 @@ async fn the_dashboard_shows_llamachat_started_its_log_and_restart_brings_it_bac
         .click(&format!("{row} button[data-action=\"restart\"]"))
         .await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let new_pid = loop {
         let now = server.module_status("LlamaChat").await.unwrap();
         if now["launches"].as_u64() > before["launches"].as_u64() && now["status"] == "Started" {
             assert_ne!(now["pid"], before["pid"]);
-            break;
+            break now["pid"].as_u64().unwrap();
         }
         assert!(
             Instant::now() < deadline,
             "Restart did not bring LlamaChat back: {now}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
     browser
         .wait_text(&format!("{row} .status"), Duration::from_secs(20), |t| {
             t == "Started"
         })
+        .await;
+    // The page followed the restart, not just kept its old row: its log tail
+    // names the new process.
+    let started = format!("started module LlamaChat (pid {new_pid})");
+    browser
+        .wait_text("#log", Duration::from_secs(20), |t| t.contains(&started))
         .await;
 }
 
