@@ -254,9 +254,7 @@ pub async fn crash_fails_the_client_at_once_and_restarts(server: &Server, m: &Te
 /// `signal` (SIGTERM, or SIGINT as Ctrl-C sends it) stops the server and
 /// its module cleanly: exit status 0, and no process outlives it.
 pub async fn shutdown_leaves_no_orphans(mut server: Server, m: &TestModule, signal: libc::c_int) {
-    let pid = server.module_status(m.id).await.unwrap()["pid"]
-        .as_u64()
-        .unwrap() as u32;
+    let pid = server.module_pid(m.id).await.unwrap();
     assert!(process_alive(pid));
     let exit = server.stop_with(signal).unwrap();
     assert!(exit.success(), "modhost exit: {exit}");

@@ -343,6 +343,26 @@ impl Server {
             .with_context(|| format!("{module_id} not in {list}"))
     }
 
+    /// The pid of `module_id`'s process, from its status entry.
+    pub async fn module_pid(&self, module_id: &str) -> Result<u32> {
+        let entry = self.module_status(module_id).await?;
+        let pid = entry["pid"]
+            .as_u64()
+            .with_context(|| format!("{module_id} has no process: {entry}"))?;
+        Ok(pid as u32)
+    }
+
+    /// Sets `module_id`'s AutoStart, as the dashboard's Start and Stop do:
+    /// `POST /v1/server/settings/{id}`; the HTTP status and the JSON body.
+    pub async fn set_autostart(&self, module_id: &str, on: bool) -> Result<(u16, Value)> {
+        let value = if on { "true" } else { "false" };
+        self.post_form(
+            &format!("/v1/server/settings/{module_id}"),
+            &[("name", "AutoStart"), ("value", value)],
+        )
+        .await
+    }
+
     /// Polls until `module_id` reports `status`, up to `timeout`.
     pub async fn wait_for_status(
         &self,

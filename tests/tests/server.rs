@@ -465,16 +465,8 @@ async fn server_endpoints_serve_the_explorer_and_the_dashboard() {
     assert_eq!(installed["modules"][0]["moduleId"], "Echo", "{installed}");
 
     // Stop, then start again, as the dashboard's buttons do.
-    let pid = server.module_status("Echo").await.unwrap()["pid"]
-        .as_u64()
-        .unwrap() as u32;
-    let (code, body) = server
-        .post_form(
-            "/v1/server/settings/Echo",
-            &[("name", "AutoStart"), ("value", "false")],
-        )
-        .await
-        .unwrap();
+    let pid = server.module_pid("Echo").await.unwrap();
+    let (code, body) = server.set_autostart("Echo", false).await.unwrap();
     assert_eq!((code, &body["success"]), (200, &json!(true)), "{body}");
     server
         .wait_for_status("Echo", "Stopped", Duration::from_secs(20))
@@ -495,13 +487,7 @@ async fn server_endpoints_serve_the_explorer_and_the_dashboard() {
         .await
         .unwrap();
     assert_error(&body, "not running (status: Stopped)");
-    server
-        .post_form(
-            "/v1/server/settings/Echo",
-            &[("name", "AutoStart"), ("value", "true")],
-        )
-        .await
-        .unwrap();
+    server.set_autostart("Echo", true).await.unwrap();
     server
         .wait_for_status("Echo", "Started", Duration::from_secs(20))
         .await
@@ -711,9 +697,7 @@ async fn a_module_gets_its_environment_and_a_quit_command_when_stopped() {
     }
 
     // Stopping it: the module's next poll gets `quit`.
-    let pid = server.module_status("Envy").await.unwrap()["pid"]
-        .as_u64()
-        .unwrap() as u32;
+    let pid = server.module_pid("Envy").await.unwrap();
     let poll = {
         let http = server.http.clone();
         let url = server.url("/v1/queue/envy_queue?moduleId=Envy");
@@ -723,13 +707,7 @@ async fn a_module_gets_its_environment_and_a_quit_command_when_stopped() {
         .wait_for_status("Envy", "Started", Duration::from_secs(10))
         .await
         .unwrap();
-    let (code, body) = server
-        .post_form(
-            "/v1/server/settings/Envy",
-            &[("name", "AutoStart"), ("value", "false")],
-        )
-        .await
-        .unwrap();
+    let (code, body) = server.set_autostart("Envy", false).await.unwrap();
     assert_eq!(code, 200, "{body}");
     let response = tokio::time::timeout(Duration::from_secs(15), poll)
         .await
