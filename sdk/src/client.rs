@@ -1,9 +1,8 @@
-//! The module's HTTP calls to the server: poll the queue, post replies and
-//! status updates.
+//! The module's HTTP calls to the server: poll the queue, post replies,
+//! status updates and (on modhost) progress pushes.
 //!
-//! Wire format of CodeProject.AI Server 2.9, see
-//! reference/codeproject-protocol.md §1: "Fetch a command", "Post a
-//! response", "Status/heartbeat".
+//! Wire format: docs/protocol.md §1.2, §1.4, §1.5, and §4.1–§4.2 for the
+//! launch token and progress pushes.
 
 use std::time::Duration;
 
@@ -18,6 +17,9 @@ use crate::error::ModuleError;
 pub(crate) const POLL_TIMEOUT: Duration = Duration::from_secs(15);
 /// Timeout for replies and status posts (the Python SDK's 10 s).
 const POST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts at posting a reply when the connection fails (not when the
+/// server answers): a reply is the only copy of a command's result.
+const REPLY_ATTEMPTS: u32 = 3;
 
 /// What a poll returned.
 #[derive(Debug, PartialEq)]
@@ -44,6 +46,8 @@ pub(crate) struct ServerClient {
     base: Url,
     module_id: String,
     queue_name: String,
+    /// This launch's token, sent as `X-Modhost-Token` on every call.
+    token: Option<String>,
 }
 
 impl ServerClient {
@@ -55,10 +59,21 @@ impl ServerClient {
             .ok()
             .filter(|u| !u.cannot_be_a_base())
             .ok_or_else(|| ModuleError(format!("invalid server URL '{}'", ctx.server_url)))?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &ctx.token {
+            let value = reqwest::header::HeaderValue::from_str(token).map_err(|_| {
+                ModuleError(format!(
+                    "{} is not a valid header value",
+                    modhost_protocol::TOKEN_ENV
+                ))
+            })?;
+            headers.insert(modhost_protocol::TOKEN_HEADER, value);
+        }
         let http = reqwest::Client::builder()
             // The server is local; a proxy from the environment must not
             // intercept it.
             .no_proxy()
+            .default_headers(headers)
             .build()
             .map_err(|e| ModuleError(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
@@ -66,6 +81,7 @@ impl ServerClient {
             base,
             module_id: ctx.module_id.clone(),
             queue_name: ctx.queue_name.clone(),
+            token: ctx.token.clone(),
         })
     }
 
@@ -115,7 +131,13 @@ impl ServerClient {
         }
     }
 
+    /// Whether this module speaks modhost's extensions (it has a token).
+    pub(crate) fn pushes_progress(&self) -> bool {
+        self.token.is_some()
+    }
+
     /// Posts a reply: `POST {server}queue/{reqid}?moduleId={id}`, JSON body.
+    /// A failed connection is tried again, up to three attempts in all.
     ///
     /// # Errors
     /// Connection failures and non-2xx statuses (400 when the server no
@@ -126,11 +148,42 @@ impl ServerClient {
         body: &JsonMap,
     ) -> Result<(), ClientError> {
         let url = self.with_module_id(self.url(&["queue", request_id]));
+        let mut attempt = 1;
+        loop {
+            let sent = self
+                .http
+                .post(url.clone())
+                .timeout(POST_TIMEOUT)
+                .json(body)
+                .send()
+                .await;
+            match sent {
+                Ok(response) => return check(response).await.map(drop),
+                Err(e) if attempt < REPLY_ATTEMPTS && (e.is_connect() || e.is_request()) => {
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Pushes progress for a long command: `POST
+    /// {server}queue/progress/{commandId}?moduleId={id}` (docs/protocol.md §4.2).
+    ///
+    /// # Errors
+    /// Connection failures and non-2xx statuses.
+    pub(crate) async fn post_progress(
+        &self,
+        command_id: &str,
+        update: &modhost_protocol::ProgressUpdate,
+    ) -> Result<(), ClientError> {
+        let url = self.with_module_id(self.url(&["queue", "progress", command_id]));
         let response = self
             .http
             .post(url)
             .timeout(POST_TIMEOUT)
-            .json(body)
+            .json(update)
             .send()
             .await?;
         check(response).await.map(drop)

@@ -1,9 +1,8 @@
 //! Long-running commands: the [`CommandHandle`] a long process works with,
 //! and the registry behind `get_command_status` and `cancel_command`.
 //!
-//! Protocol of CodeProject.AI Server 2.9, see
-//! reference/codeproject-protocol.md §1 (lifecycle steps 4–6) and §2
-//! "Long-running routes". One long command runs at a time; its id is the
+//! Protocol of CodeProject.AI Server 2.9, docs/protocol.md §1.7; the reply
+//! shapes are `modhost_protocol`'s. One long command runs at a time; its id is the
 //! request id of the command that started it. modhost adds the `failed`
 //! status (the Python SDK reports a failure as `completed` with an error)
 //! and remembers the last few finished commands, not just the latest. A
@@ -16,8 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use modhost_protocol::{cancel_reply, status_reply, CommandStatus, ProgressUpdate, REPLY_FIELD};
 use parking_lot::{Condvar, Mutex};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 /// A JSON object, the shape of every reply.
 pub(crate) type JsonMap = Map<String, Value>;
@@ -28,13 +28,62 @@ const FINISHED_KEPT: usize = 8;
 /// The long process's view of its command: its id, the cancel flag and the
 /// fields it publishes to `get_command_status` while running.
 ///
+/// On modhost, what a long process publishes is also pushed to the server as
+/// it happens (docs/protocol.md §4.2), so clients streaming the job see each
+/// piece at once: [`CommandHandle::append_reply`] for text, the other
+/// methods for fields.
+///
 /// Cheap to clone; all clones share the same state.
 #[derive(Clone, Debug)]
 pub struct CommandHandle {
     id: Arc<str>,
     cancelled: Arc<AtomicBool>,
-    // parking_lot: held only to copy or replace a map, never across an await.
+    // parking_lot: held only to copy or change a map, never across an await.
     published: Arc<Mutex<JsonMap>>,
+    /// Where pushed progress waits for the pusher task; `None` when the
+    /// server does not take pushes.
+    progress: Option<Arc<ProgressSink>>,
+}
+
+/// Progress not yet pushed, and the wake-up of the task that pushes it.
+/// Updates made while a push is in flight are merged into the next one.
+#[derive(Debug, Default)]
+pub(crate) struct ProgressSink {
+    // parking_lot: a merge or a take, never across an await.
+    pending: Mutex<ProgressUpdate>,
+    wake: tokio::sync::Notify,
+}
+
+impl ProgressSink {
+    fn change(&self, f: impl FnOnce(&mut ProgressUpdate)) {
+        f(&mut self.pending.lock());
+        self.wake.notify_one();
+    }
+
+    /// Queues the final status reply; the pusher sends it and stops.
+    pub(crate) fn finish(&self, done: JsonMap) {
+        self.change(|p| p.done = Some(done));
+    }
+
+    /// Waits for something to push, then takes all of it.
+    pub(crate) async fn next(&self) -> ProgressUpdate {
+        loop {
+            {
+                let mut pending = self.pending.lock();
+                if *pending != ProgressUpdate::default() {
+                    return std::mem::take(&mut *pending);
+                }
+            }
+            self.wake.notified().await;
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch, now.
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 impl CommandHandle {
@@ -45,6 +94,15 @@ impl CommandHandle {
             id: id.into(),
             cancelled: Arc::default(),
             published: Arc::default(),
+            progress: None,
+        }
+    }
+
+    /// A handle whose progress is also queued on `sink` for pushing.
+    pub(crate) fn pushing(id: &str, sink: Arc<ProgressSink>) -> Self {
+        Self {
+            progress: Some(sink),
+            ..Self::new(id)
         }
     }
 
@@ -66,16 +124,70 @@ impl CommandHandle {
         self.cancelled.store(true, Ordering::Release);
     }
 
+    /// Appends `piece` to the published `reply` text (LlamaChat's growing
+    /// answer), in O(piece): the way to publish generated text.
+    pub fn append_reply(&self, piece: &str) {
+        {
+            let mut published = self.published.lock();
+            match published.get_mut(REPLY_FIELD) {
+                Some(Value::String(text)) => text.push_str(piece),
+                _ => {
+                    published.insert(REPLY_FIELD.into(), piece.into());
+                }
+            }
+        }
+        if let Some(sink) = &self.progress {
+            sink.change(|p| {
+                p.delta.push_str(piece);
+                p.produced_at_us = Some(now_us());
+            });
+        }
+    }
+
     /// Replaces all published status fields, e.g. `{"reply": <text so far>}`.
     /// They are merged into `get_command_status` replies while the command
     /// runs, and into a `failed` reply.
     pub fn publish(&self, fields: JsonMap) {
-        *self.published.lock() = fields;
+        let old = std::mem::replace(&mut *self.published.lock(), fields.clone());
+        if self.progress.is_some() {
+            for (key, value) in fields {
+                if old.get(&key) != Some(&value) {
+                    self.push_field(&key, value, old.get(&key));
+                }
+            }
+        }
     }
 
-    /// Sets one published status field, keeping the others.
+    /// Sets one published status field, keeping the others. Setting `reply`
+    /// to a longer text that starts with the old one pushes only what was
+    /// appended; prefer [`CommandHandle::append_reply`] for text.
     pub fn update(&self, key: &str, value: Value) {
-        self.published.lock().insert(key.to_owned(), value);
+        let old = self.published.lock().insert(key.to_owned(), value.clone());
+        if self.progress.is_some() && old.as_ref() != Some(&value) {
+            self.push_field(key, value, old.as_ref());
+        }
+    }
+
+    /// Queues a changed field for pushing: text appended to `reply` as a
+    /// delta, anything else as a field.
+    fn push_field(&self, key: &str, value: Value, old: Option<&Value>) {
+        let Some(sink) = &self.progress else {
+            return;
+        };
+        let old_text = match old {
+            Some(Value::String(text)) => text.as_str(),
+            None => "",
+            Some(_) => "\u{0}not text",
+        };
+        sink.change(|p| match (&value, key == REPLY_FIELD) {
+            (Value::String(text), true) if text.starts_with(old_text) => {
+                p.delta.push_str(&text[old_text.len()..]);
+                p.produced_at_us = Some(now_us());
+            }
+            _ => {
+                p.fields.insert(key.to_owned(), value.clone());
+            }
+        });
     }
 
     /// A copy of the published fields.
@@ -91,6 +203,26 @@ enum Finished {
     /// Returned `Ok` after its cancel flag was set.
     Cancelled(JsonMap),
     Failed(String),
+}
+
+impl Finished {
+    /// How `get_command_status` reports it: a cancelled command is
+    /// `completed`, as in the Python SDK.
+    fn status(&self) -> CommandStatus {
+        match self {
+            Finished::Completed(_) | Finished::Cancelled(_) => CommandStatus::Completed,
+            Finished::Failed(_) => CommandStatus::Failed,
+        }
+    }
+
+    /// The final `get_command_status` reply for command `id`.
+    fn status_reply(&self, id: &str, handle: &CommandHandle) -> JsonMap {
+        match self {
+            Finished::Completed(result) => status_reply::completed(id, result.clone(), false),
+            Finished::Cancelled(result) => status_reply::completed(id, result.clone(), true),
+            Finished::Failed(error) => status_reply::failed(id, handle.published(), error),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -129,7 +261,14 @@ pub(crate) struct LongCommands {
 
 impl LongCommands {
     /// Registers a new running command, or refuses with the running one's id.
+    #[cfg(test)]
     pub(crate) fn try_start(&self, id: &str) -> Result<CommandHandle, String> {
+        self.try_start_with(CommandHandle::new(id))
+    }
+
+    /// [`LongCommands::try_start`] with a handle made by the caller (one that
+    /// pushes its progress).
+    pub(crate) fn try_start_with(&self, handle: CommandHandle) -> Result<CommandHandle, String> {
         let mut inner = self.inner.lock();
         if let Some(cur) = &inner.current {
             if cur.finished.is_none() {
@@ -142,7 +281,6 @@ impl LongCommands {
                 inner.history.pop_front();
             }
         }
-        let handle = CommandHandle::new(id);
         inner.current = Some(Entry {
             handle: handle.clone(),
             finished: None,
@@ -200,21 +338,12 @@ impl LongCommands {
         extra: impl FnOnce(&str) -> JsonMap,
     ) -> JsonMap {
         let Some(id) = command_id.filter(|id| !id.is_empty()) else {
-            return obj(json!({
-                "success": false,
-                "commandStatus": "unknown",
-                "error": "No command ID provided",
-            }));
+            return status_reply::unknown(None);
         };
         let found = {
             let inner = self.inner.lock();
             if inner.current.is_none() {
-                return obj(json!({
-                    "success": false,
-                    "commandId": id,
-                    "commandStatus": "not started",
-                    "error": "No long running command has been started",
-                }));
+                return status_reply::not_started(id);
             }
             inner
                 .current
@@ -224,67 +353,23 @@ impl LongCommands {
                 .map(|e| (e.handle.clone(), e.finished.clone()))
         };
         let Some((handle, finished)) = found else {
-            return obj(json!({
-                "success": false,
-                "commandId": id,
-                "commandStatus": "unknown",
-                "error": format!("Unknown command ID '{id}'"),
-            }));
+            return status_reply::unknown(Some(id));
         };
-        let mut reply = match finished {
+        match finished {
             None => {
-                let mut reply = obj(json!({
-                    "success": true,
-                    "message": "The long running command is still in progress",
-                }));
-                reply.extend(handle.published());
-                reply.extend(extra(id));
-                reply.insert("commandStatus".into(), "running".into());
-                reply
+                let mut fields = handle.published();
+                fields.extend(extra(id));
+                status_reply::running(id, fields)
             }
-            Some(Finished::Completed(result)) => {
-                let mut reply = obj(json!({
-                    "success": true,
-                    "message": "Command has completed",
-                    "error": null,
-                }));
-                reply.extend(result);
-                reply.insert("commandStatus".into(), "completed".into());
-                reply
-            }
-            Some(Finished::Cancelled(result)) => {
-                let mut reply = obj(json!({
-                    "success": true,
-                    "message": "The command was cancelled",
-                    "error": null,
-                }));
-                reply.extend(result);
-                reply.insert("commandStatus".into(), "completed".into());
-                reply
-            }
-            Some(Finished::Failed(error)) => {
-                let mut reply = handle.published();
-                reply.extend(obj(json!({
-                    "success": false,
-                    "message": "Command has failed",
-                    "commandStatus": "failed",
-                    "error": error,
-                })));
-                reply
-            }
-        };
-        reply.insert("commandId".into(), id.into());
-        reply
+            Some(finished) => finished.status_reply(id, &handle),
+        }
     }
 
     /// Handles `cancel_command` for `command_id`: sets the flag of the
     /// running command with that id.
     pub(crate) fn cancel(&self, command_id: Option<&str>) -> CancelOutcome {
         let Some(id) = command_id.filter(|id| !id.is_empty()) else {
-            return CancelOutcome::Reply(obj(json!({
-                "success": false,
-                "error": "No command ID provided",
-            })));
+            return CancelOutcome::Reply(cancel_reply::unknown(None));
         };
         let inner = self.inner.lock();
         let found = inner
@@ -298,30 +383,13 @@ impl LongCommands {
                 finished: None,
             }) => {
                 handle.cancel();
-                CancelOutcome::Cancelled(obj(json!({
-                    "success": true,
-                    "message": "The command has been cancelled",
-                    "commandId": id,
-                    "commandStatus": "cancelled",
-                })))
+                CancelOutcome::Cancelled(cancel_reply::cancelled(id))
             }
             Some(Entry {
                 finished: Some(done),
                 ..
-            }) => CancelOutcome::Reply(obj(json!({
-                "success": true,
-                "message": "The command had already finished",
-                "commandId": id,
-                "commandStatus": match done {
-                    Finished::Completed(_) | Finished::Cancelled(_) => "completed",
-                    Finished::Failed(_) => "failed",
-                },
-            }))),
-            None => CancelOutcome::Reply(obj(json!({
-                "success": false,
-                "commandId": id,
-                "error": format!("Unknown command ID '{id}'"),
-            }))),
+            }) => CancelOutcome::Reply(cancel_reply::already_finished(id, done.status())),
+            None => CancelOutcome::Reply(cancel_reply::unknown(Some(id))),
         }
     }
 }
@@ -338,6 +406,7 @@ pub(crate) fn obj(value: Value) -> JsonMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn no_extra(_: &str) -> JsonMap {
         JsonMap::new()
@@ -359,6 +428,27 @@ mod tests {
         let clone = h.clone();
         clone.cancel();
         assert!(h.is_cancelled());
+    }
+
+    #[test]
+    fn a_pushing_handle_queues_deltas_and_changed_fields() {
+        let sink = Arc::new(ProgressSink::default());
+        let h = CommandHandle::pushing("c1", Arc::clone(&sink));
+        h.append_reply("The");
+        h.append_reply(" sun");
+        h.update("tokens", json!(2));
+        h.update("tokens", json!(2)); // unchanged: nothing to push
+        h.update("reply", json!("The sun is"));
+        let update = std::mem::take(&mut *sink.pending.lock());
+        assert_eq!(update.delta, "The sun is");
+        assert_eq!(update.fields, obj(json!({"tokens": 2})));
+        assert!(update.produced_at_us.is_some());
+        assert_eq!(h.published()["reply"], "The sun is");
+        // A rewritten reply is a field, not a delta.
+        h.update("reply", json!("Other"));
+        let update = std::mem::take(&mut *sink.pending.lock());
+        assert_eq!(update.delta, "");
+        assert_eq!(update.fields, obj(json!({"reply": "Other"})));
     }
 
     #[test]

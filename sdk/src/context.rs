@@ -11,7 +11,7 @@ pub const DEFAULT_PORT: u16 = 32168;
 /// The module's identity and settings, as the server passed them.
 ///
 /// Environment of CodeProject.AI Server 2.9, see
-/// reference/codeproject-protocol.md §3, "Environment passed to the child".
+/// docs/protocol.md §1.1, plus modhost's `MODHOST_MODULE_TOKEN` (§4.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModuleContext {
     /// `CPAI_MODULE_ID`, e.g. `"LlamaChat"`; sent as `moduleId` on every call.
@@ -39,6 +39,10 @@ pub struct ModuleContext {
     pub half_precision: Option<String>,
     /// `CPAI_ACCEL_DEVICE_NAME` (e.g. `CUDA:0`), if set.
     pub accel_device_name: Option<String>,
+    /// `MODHOST_MODULE_TOKEN`: this launch's token, which modhost sets (and
+    /// CodeProject.AI Server does not). When present the SDK sends it on
+    /// every call and pushes long-process progress (docs/protocol.md §4).
+    pub token: Option<String>,
 }
 
 impl ModuleContext {
@@ -61,6 +65,7 @@ impl ModuleContext {
             enable_gpu: true,
             half_precision: None,
             accel_device_name: None,
+            token: None,
         }
     }
 
@@ -131,6 +136,7 @@ impl ModuleContext {
                 .is_none_or(|v| v.trim().eq_ignore_ascii_case("true")),
             half_precision: var("CPAI_HALF_PRECISION"),
             accel_device_name: var("CPAI_ACCEL_DEVICE_NAME"),
+            token: var(modhost_protocol::TOKEN_ENV),
             module_id,
         })
     }
@@ -179,8 +185,10 @@ mod tests {
             ("CPAI_MODULE_ENABLE_GPU", "False"),
             ("CPAI_HALF_PRECISION", "force"),
             ("CPAI_ACCEL_DEVICE_NAME", "CUDA:1"),
+            ("MODHOST_MODULE_TOKEN", "t0k3n"),
         ])
         .expect("valid");
+        assert_eq!(ctx.token.as_deref(), Some("t0k3n"));
         assert_eq!(ctx.module_id, "LlamaChat");
         assert_eq!(ctx.module_name, "Llama Chat");
         assert_eq!(ctx.module_path, PathBuf::from("/srv/modules/LlamaChat"));
@@ -205,6 +213,7 @@ mod tests {
         assert_eq!(ctx.log_verbosity, "Info");
         assert!(ctx.enable_gpu);
         assert_eq!(ctx.half_precision, None);
+        assert_eq!(ctx.token, None);
         assert_eq!(ctx.module_path, PathBuf::from("/m/echo_dir"));
 
         let negative = ctx_from(&[("CPAI_MODULE_PARALLELISM", "-2")]).expect("valid");

@@ -3,8 +3,7 @@
 //!
 //! CodeProject.AI Server 2.9 logs every stdout line of a module, taking the
 //! level from a prefix (`error:`, `warning:`, `info:`, `debug:`, `trace:`),
-//! and every stderr line as an error; see reference/codeproject-protocol.md
-//! §1, "Launch". So a module needs no HTTP logging client: it uses
+//! and every stderr line as an error; see docs/protocol.md §1.1. So a module needs no HTTP logging client: it uses
 //! `tracing::info!` and friends after [`init_logging`], which [`run`](crate::run)
 //! calls for it.
 
@@ -56,6 +55,10 @@ pub fn init_logging_with(setup: LogSetup<'_>) {
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(false)
+            // A write that fails (the server died and took the pipe with
+            // it) must not panic the thread that logged: the default reports
+            // it with eprintln!, which panics when stderr is gone too.
+            .log_internal_errors(false)
             .event_format(PrefixFormat);
         // An error only means a subscriber is already installed (e.g. by the
         // module's own main or a test harness); keep that one.

@@ -1,8 +1,7 @@
 //! Reply envelopes, inference statistics and the status-update JSON.
 //!
-//! Wire format of CodeProject.AI Server 2.9, see
-//! reference/codeproject-protocol.md §1, "Post a response" and
-//! "Status/heartbeat".
+//! The envelope itself is defined in `modhost_protocol` (docs/protocol.md
+//! §1.4); the status update's shape is docs/protocol.md §1.5.
 
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -11,35 +10,28 @@ use crate::command::{obj, JsonMap};
 use crate::context::ModuleContext;
 use crate::request::RequestData;
 
-/// An error reply body: `{"success":false,"error":<message>}`.
-pub(crate) fn error_body(message: &str) -> JsonMap {
-    obj(json!({"success": false, "error": message}))
-}
+pub(crate) use modhost_protocol::error_body;
 
-/// Adds the fields the SDK puts on every reply: `moduleId`, `moduleName`,
-/// `code` (200 if `success` is true, else 500), `command`, `requestId`,
-/// `inferenceDevice`, and `processMs` unless the module set it. `success`
-/// defaults to true when the module left it out.
+/// The envelope of a reply to `request` ([`modhost_protocol::envelope`]),
+/// with this module's identity.
 pub(crate) fn envelope(
-    mut body: JsonMap,
+    body: JsonMap,
     ctx: &ModuleContext,
     request: &RequestData,
     inference_device: &str,
     process_ms: u64,
 ) -> JsonMap {
-    let success = body
-        .entry("success")
-        .or_insert(Value::Bool(true))
-        .as_bool()
-        .unwrap_or(false);
-    body.insert("moduleId".into(), ctx.module_id.clone().into());
-    body.insert("moduleName".into(), ctx.module_name.clone().into());
-    body.insert("code".into(), (if success { 200 } else { 500 }).into());
-    body.insert("command".into(), request.raw_command().into());
-    body.insert("requestId".into(), request.request_id().into());
-    body.insert("inferenceDevice".into(), inference_device.into());
-    body.entry("processMs").or_insert(process_ms.into());
-    body
+    modhost_protocol::envelope(
+        body,
+        &modhost_protocol::EnvelopeFields {
+            module_id: &ctx.module_id,
+            module_name: &ctx.module_name,
+            command: request.raw_command(),
+            request_id: request.request_id(),
+            inference_device,
+            process_ms,
+        },
+    )
 }
 
 /// Inference counts for the status update.

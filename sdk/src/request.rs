@@ -1,7 +1,7 @@
 //! A queued command as the module sees it: [`RequestData`] and its typed getters.
 //!
-//! Wire format of CodeProject.AI Server 2.9, see
-//! reference/codeproject-protocol.md §1, "Queue item":
+//! The queue item is defined once, in `modhost_protocol::QueueItem`
+//! (docs/protocol.md §1.3):
 //!
 //! ```json
 //! {"reqid":"<guid>","reqtype":"prompt",
@@ -12,7 +12,7 @@
 //! ```
 
 use base64::Engine as _;
-use serde::Deserialize;
+use modhost_protocol::QueueItem;
 use serde_json::Value;
 
 use crate::error::ModuleError;
@@ -76,60 +76,6 @@ pub struct RequestData {
     url_segments: Vec<String>,
 }
 
-#[derive(Deserialize)]
-struct WireItem {
-    #[serde(default)]
-    reqid: Option<String>,
-    #[serde(default)]
-    reqtype: Option<String>,
-    #[serde(default)]
-    payload: Option<WirePayload>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct WirePayload {
-    #[serde(default)]
-    command: Option<String>,
-    #[serde(default)]
-    values: Option<Vec<WireValue>>,
-    #[serde(default)]
-    files: Option<Vec<WireFile>>,
-    #[serde(default)]
-    url_segments: Option<Vec<String>>,
-}
-
-#[derive(Deserialize)]
-struct WireValue {
-    key: String,
-    #[serde(default)]
-    value: OneOrMany,
-}
-
-/// `value` is an array of strings on the wire; a lone string or `null` is
-/// accepted too, so hand-written payloads work.
-#[derive(Deserialize, Default)]
-#[serde(untagged)]
-enum OneOrMany {
-    Many(Vec<String>),
-    One(String),
-    #[default]
-    None,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WireFile {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    filename: Option<String>,
-    #[serde(default)]
-    content_type: Option<String>,
-    #[serde(default)]
-    data: Option<String>,
-}
-
 impl RequestData {
     /// Parses a queue item (the body of a 200 reply to the module's poll).
     ///
@@ -149,48 +95,39 @@ impl RequestData {
     /// # Errors
     /// As for [`RequestData::from_json`].
     pub fn from_value(value: Value) -> Result<Self, ModuleError> {
-        let item: WireItem = serde_json::from_value(value)
+        let item: QueueItem = serde_json::from_value(value)
             .map_err(|e| ModuleError(format!("malformed queue item: {e}")))?;
-        let payload = item.payload.unwrap_or_default();
-        let raw_command = payload.command.unwrap_or_default();
+        let payload = item.payload;
         let values = payload
             .values
-            .unwrap_or_default()
             .into_iter()
-            .map(|v| {
-                let list = match v.value {
-                    OneOrMany::Many(list) => list,
-                    OneOrMany::One(one) => vec![one],
-                    OneOrMany::None => Vec::new(),
-                };
-                (v.key, list)
-            })
+            .map(|kv| (kv.key, kv.value))
             .collect();
         let files = payload
             .files
-            .unwrap_or_default()
             .into_iter()
             .map(|f| {
-                let name = f.name.unwrap_or_default();
                 let data = base64::engine::general_purpose::STANDARD
-                    .decode(f.data.unwrap_or_default().trim())
-                    .map_err(|e| ModuleError(format!("file '{name}' is not valid base64: {e}")))?;
+                    .decode(f.data.trim())
+                    .map_err(|e| {
+                        ModuleError(format!("file '{}' is not valid base64: {e}", f.name))
+                    })?;
                 Ok(FileData {
-                    name,
-                    filename: f.filename.unwrap_or_default(),
-                    content_type: f.content_type.unwrap_or_default(),
+                    name: f.name,
+                    filename: f.filename,
+                    content_type: f.content_type,
                     data,
                 })
             })
             .collect::<Result<Vec<_>, ModuleError>>()?;
         Ok(Self {
-            request_id: item.reqid.unwrap_or_default(),
-            request_type: item.reqtype.unwrap_or_default(),
-            command: raw_command.to_lowercase(),
-            raw_command,
+            request_id: item.reqid,
+            request_type: item.reqtype,
+            command: payload.command.to_lowercase(),
+            raw_command: payload.command,
             values,
             files,
-            url_segments: payload.url_segments.unwrap_or_default(),
+            url_segments: payload.url_segments,
         })
     }
 

@@ -1,9 +1,7 @@
 //! The module's main loop: [`run`] / [`run_with`], command dispatch and the
 //! long-process threads.
 //!
-//! Lifecycle of the CodeProject.AI Python SDK, see
-//! reference/codeproject-protocol.md §1, "Python SDK `ModuleRunner`
-//! lifecycle":
+//! Lifecycle of the CodeProject.AI Python SDK (docs/protocol.md §1.7):
 //!
 //! 1. `initialise` (on the calling thread, before anything is polled);
 //! 2. `parallelism` poll workers plus a 2-second status loop on a small
@@ -25,7 +23,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, error, info, info_span, warn, Instrument as _};
 
 use crate::client::{ClientError, Polled, ServerClient};
-use crate::command::{obj, CancelOutcome, CommandHandle, JsonMap, LongCommands};
+use crate::command::{obj, CancelOutcome, CommandHandle, JsonMap, LongCommands, ProgressSink};
 use crate::context::ModuleContext;
 use crate::error::ModuleError;
 use crate::reply::{envelope, error_body, Stats};
@@ -113,7 +111,7 @@ pub fn run_with<R: ModuleRunner>(
             return ExitCode::FAILURE;
         }
     };
-    let engine = Arc::new(Engine::new(runner, ctx));
+    let engine = Arc::new(Engine::with_client(runner, ctx, &client));
     info!(
         module = %engine.ctx.module_id,
         queue = %engine.ctx.queue_name,
@@ -199,6 +197,12 @@ struct Engine<R> {
     ctx: ModuleContext,
     commands: LongCommands,
     stats: Stats,
+    /// Pushes long-process progress, when the server takes pushes (modhost).
+    pusher: Option<ServerClient>,
+    /// The tasks pushing progress, awaited at shutdown so that a final
+    /// result is not lost.
+    // parking_lot: a push or a drain, never across an await.
+    pushes: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl<R: ModuleRunner> Engine<R> {
@@ -208,6 +212,18 @@ impl<R: ModuleRunner> Engine<R> {
             ctx,
             commands: LongCommands::default(),
             stats: Stats::default(),
+            pusher: None,
+            pushes: parking_lot::Mutex::default(),
+        }
+    }
+
+    /// An engine that pushes long-process progress through `client` when the
+    /// server takes pushes.
+    fn with_client(runner: R, ctx: ModuleContext, client: &ServerClient) -> Self {
+        let pusher = client.pushes_progress().then(|| client.clone());
+        Self {
+            pusher,
+            ..Self::new(runner, ctx)
         }
     }
 
@@ -313,7 +329,20 @@ impl<R: ModuleRunner> Engine<R> {
             "" => uuid::Uuid::new_v4().to_string(),
             id => id.to_owned(),
         };
-        let handle = match self.commands.try_start(&id) {
+        // On modhost, progress is pushed by a task of its own.
+        let sink = self
+            .pusher
+            .as_ref()
+            .zip(tokio::runtime::Handle::try_current().ok())
+            .map(|(client, runtime)| {
+                let sink = Arc::new(ProgressSink::default());
+                (sink, client.clone(), runtime)
+            });
+        let handle = match &sink {
+            Some((sink, ..)) => CommandHandle::pushing(&id, Arc::clone(sink)),
+            None => CommandHandle::new(&id),
+        };
+        let handle = match self.commands.try_start_with(handle) {
             Ok(handle) => handle,
             Err(running) => {
                 let reply = obj(json!({
@@ -325,6 +354,11 @@ impl<R: ModuleRunner> Engine<R> {
                 return (reply, None);
             }
         };
+        let sink = sink.map(|(sink, client, runtime)| {
+            let task = runtime.spawn(push_progress(client, id.clone(), Arc::clone(&sink)));
+            self.pushes.lock().push(task);
+            sink
+        });
         let engine = Arc::clone(self);
         let span = tracing::Span::current();
         let (gate, opened) = std::sync::mpsc::channel::<()>();
@@ -333,7 +367,7 @@ impl<R: ModuleRunner> Engine<R> {
             .spawn(move || {
                 // Returns (with an error) once the gate is dropped.
                 let _ = opened.recv();
-                span.in_scope(|| engine.run_long(handle, job));
+                span.in_scope(|| engine.run_long(handle, job, sink));
             });
         if let Err(e) = spawned {
             let message = format!("cannot start the long running command: {e}");
@@ -341,17 +375,20 @@ impl<R: ModuleRunner> Engine<R> {
             self.commands.finish(&id, Err(message.clone()));
             return (error_body(&message), None);
         }
-        let reply = obj(json!({
+        let mut reply = obj(json!({
             "success": true,
             "message": "Command is running in the background",
             "commandId": id,
             "commandStatus": "running",
         }));
+        if self.pusher.is_some() {
+            reply.insert(modhost_protocol::PROGRESS_PUSH_FIELD.into(), true.into());
+        }
         (reply, Some(StartGate(gate)))
     }
 
-    /// Body of a long command's thread.
-    fn run_long(&self, handle: CommandHandle, job: LongProcess) {
+    /// Body of a long command's thread; pushes the final status to `sink`.
+    fn run_long(&self, handle: CommandHandle, job: LongProcess, sink: Option<Arc<ProgressSink>>) {
         let started = Instant::now();
         let result = match guarded(|| job(&handle)) {
             Ok(Ok(result)) => Ok(result),
@@ -377,6 +414,12 @@ impl<R: ModuleRunner> Engine<R> {
             elapsed_ms, "long command finished"
         );
         self.commands.finish(handle.id(), result);
+        if let Some(sink) = sink {
+            sink.finish(
+                self.commands
+                    .status_reply(Some(handle.id()), |_| JsonMap::new()),
+            );
+        }
     }
 
     /// The `statusData` object for the status loop.
@@ -504,6 +547,38 @@ async fn serve<R: ModuleRunner>(engine: Arc<Engine<R>>, client: ServerClient) {
         .is_err()
     {
         error!("stopping the long command panicked");
+    }
+    // The final progress of what just stopped reaches the server.
+    let pushes: Vec<_> = std::mem::take(&mut *engine.pushes.lock());
+    let flushed = async {
+        for push in pushes {
+            let _ = push.await;
+        }
+    };
+    if tokio::time::timeout(DRAIN_GRACE, flushed).await.is_err() {
+        warn!("progress still unsent {DRAIN_GRACE:?} after stopping; leaving it");
+    }
+}
+
+/// Pushes a long command's progress as it comes, one update at a time and
+/// in order, merging what arrives while a push is in flight; ends after the
+/// final status. An update the server cannot take is logged and dropped
+/// (after one retry when the connection failed): the command goes on.
+async fn push_progress(client: ServerClient, command_id: String, sink: Arc<ProgressSink>) {
+    loop {
+        let update = sink.next().await;
+        let last = update.done.is_some();
+        let mut result = client.post_progress(&command_id, &update).await;
+        if matches!(&result, Err(ClientError::Http(e)) if e.is_connect()) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            result = client.post_progress(&command_id, &update).await;
+        }
+        if let Err(e) = result {
+            debug!(command_id, "cannot push progress: {e}");
+        }
+        if last {
+            return;
+        }
     }
 }
 

@@ -63,6 +63,77 @@ pub struct Cli {
     /// does when it runs in development [default: false].
     #[arg(long, env = "MODHOST_DEVELOPMENT", num_args = 0..=1, default_missing_value = "true")]
     pub development: Option<bool>,
+    /// Most values and files one request may carry, query string included;
+    /// more get 413 [default: 10000].
+    #[arg(long, env = "MODHOST_MAX_FORM_FIELDS")]
+    pub max_form_fields: Option<usize>,
+    /// Seconds a client may take to send a request body; a slower or
+    /// incomplete body gets 408 [default: 30].
+    #[arg(long, env = "MODHOST_BODY_READ_TIMEOUT_SECS")]
+    pub body_read_timeout_secs: Option<u64>,
+    /// Bytes of values and files one module queue holds before new commands
+    /// are refused as a full queue [default: 268435456 = 256 MiB].
+    #[arg(long, env = "MODHOST_QUEUE_BYTES")]
+    pub queue_bytes: Option<usize>,
+    /// Seconds without any contact from a started module, while commands
+    /// wait for it, before it is declared unresponsive, its commands failed
+    /// and it is restarted [default: 30].
+    #[arg(long, env = "MODHOST_UNRESPONSIVE_SECS")]
+    pub unresponsive_secs: Option<u64>,
+    /// API key that clients must send (`Authorization: Bearer <key>` or
+    /// `X-API-Key`) on client and admin routes [default: none, no key
+    /// needed]. Prefer `--api-key-file` or the environment over the command
+    /// line, which other local users can read.
+    #[arg(long, env = "MODHOST_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// File holding the API key (its first line); instead of `--api-key`.
+    #[arg(long, env = "MODHOST_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Origins (e.g. `http://dashboard.lan:8080`) whose pages may change
+    /// settings and start, stop or restart modules, besides the server's own
+    /// pages; repeat, or separate with ',' in the environment variable.
+    #[arg(
+        long = "allowed-origin",
+        env = "MODHOST_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+    /// Environment variables modules get from the server's environment,
+    /// beyond the base set (PATH, HOME, LANG, ...); a trailing `*` matches a
+    /// prefix; repeat, or separate with ',' [default: see docs/security.md].
+    #[arg(long = "module-env", env = "MODHOST_MODULE_ENV", value_delimiter = ',')]
+    pub module_env: Vec<String>,
+    /// Let modules started outside the server poll queues without a launch
+    /// token [default: false].
+    #[arg(long, env = "MODHOST_ALLOW_EXTERNAL_MODULES", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_external_modules: Option<bool>,
+    /// Port of the loopback listener that modules launched by the server
+    /// talk to (their `CPAI_PORT`), so that module traffic is served however
+    /// busy the client port is; 0 picks a free port [default: 0].
+    #[arg(long, env = "MODHOST_MODULE_PORT")]
+    pub module_port: Option<u16>,
+    /// Most client connections served at once; more wait to be accepted
+    /// [default: 1024].
+    #[arg(long, env = "MODHOST_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a relaunched module must run to count as recovered: its
+    /// crash count and restart backoff go back to the start [default: 30].
+    #[arg(long, env = "MODHOST_STABLE_RUN_SECS")]
+    pub stable_run_secs: Option<u64>,
+    /// Seconds finished jobs are kept [default: 600].
+    #[arg(long, env = "MODHOST_JOB_RETENTION_SECS")]
+    pub job_retention_secs: Option<u64>,
+    /// Most finished jobs kept; the oldest go first [default: 500].
+    #[arg(long, env = "MODHOST_MAX_FINISHED_JOBS")]
+    pub max_finished_jobs: Option<usize>,
+    /// Milliseconds between the server's status requests for a watched job
+    /// of a module that does not push its progress [default: 250].
+    #[arg(long, env = "MODHOST_JOB_POLL_MS")]
+    pub job_poll_ms: Option<u64>,
+    /// Keep a job running when the client that started and streamed it in
+    /// one call disconnects [default: false: cancel it].
+    #[arg(long, env = "MODHOST_KEEP_JOBS_ON_DISCONNECT", num_args = 0..=1, default_missing_value = "true")]
+    pub keep_jobs_on_disconnect: Option<bool>,
 }
 
 /// The `[server]`-less flat TOML file; see `modhost.sample.toml`.
@@ -87,7 +158,58 @@ pub struct FileConfig {
     pub no_install: Option<bool>,
     /// As `--development`.
     pub development: Option<bool>,
+    /// As `--max-form-fields`.
+    pub max_form_fields: Option<usize>,
+    /// As `--body-read-timeout-secs`, in seconds.
+    pub body_read_timeout_secs: Option<u64>,
+    /// As `--queue-bytes`, in bytes.
+    pub queue_bytes: Option<usize>,
+    /// As `--unresponsive-secs`, in seconds.
+    pub unresponsive_secs: Option<u64>,
+    /// As `--api-key`.
+    pub api_key: Option<String>,
+    /// As `--api-key-file`.
+    pub api_key_file: Option<PathBuf>,
+    /// As `--allowed-origin`, a list.
+    pub allowed_origins: Option<Vec<String>>,
+    /// As `--module-env`, a list.
+    pub module_env: Option<Vec<String>>,
+    /// As `--allow-external-modules`.
+    pub allow_external_modules: Option<bool>,
+    /// As `--module-port`.
+    pub module_port: Option<u16>,
+    /// As `--max-connections`.
+    pub max_connections: Option<usize>,
+    /// As `--stable-run-secs`, in seconds.
+    pub stable_run_secs: Option<u64>,
+    /// As `--job-retention-secs`, in seconds.
+    pub job_retention_secs: Option<u64>,
+    /// As `--max-finished-jobs`.
+    pub max_finished_jobs: Option<usize>,
+    /// As `--job-poll-ms`, in milliseconds.
+    pub job_poll_ms: Option<u64>,
+    /// As `--keep-jobs-on-disconnect`.
+    pub keep_jobs_on_disconnect: Option<bool>,
 }
+
+/// Environment variables modules get from the server's environment whatever
+/// the settings: what a program needs to run and to find its tools.
+pub const MODULE_ENV_BASE: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_*", "TZ", "TMPDIR", "TERM",
+];
+
+/// The default of `module_env`: variables that select devices or tune native
+/// libraries, and Rust's logging; secrets are never among them.
+pub const MODULE_ENV_DEFAULT: &[&str] = &[
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+    "LD_LIBRARY_PATH",
+    "OMP_*",
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+];
 
 /// The resolved configuration the server runs with.
 #[derive(Debug, Clone)]
@@ -112,6 +234,37 @@ pub struct Config {
     pub development: bool,
     /// Root of the installation (`%ROOT_PATH%`): the current directory.
     pub root_path: PathBuf,
+    /// Most values and files in one request.
+    pub max_form_fields: usize,
+    /// Longest time to receive a request body.
+    pub body_read_timeout: Duration,
+    /// Bound of each module queue, in bytes of values and files.
+    pub queue_bytes: usize,
+    /// Silence after which a started module with waiting commands is
+    /// declared unresponsive.
+    pub unresponsive_after: Duration,
+    /// The API key clients must send; `None`: no key.
+    pub api_key: Option<String>,
+    /// Origins besides the server's own that may use admin routes.
+    pub allowed_origins: Vec<String>,
+    /// Variables passed from the server's environment to modules beyond
+    /// [`MODULE_ENV_BASE`]; a trailing `*` matches a prefix.
+    pub module_env: Vec<String>,
+    /// Modules without a launch token may poll.
+    pub allow_external_modules: bool,
+    /// Port of the modules' loopback listener; 0: any free one.
+    pub module_port: u16,
+    /// Most client connections served at once.
+    pub max_connections: usize,
+    /// Run time after which a relaunched module's crash count resets.
+    pub stable_run: Duration,
+    /// How long and how many finished jobs are kept.
+    pub job_retention: Duration,
+    pub max_finished_jobs: usize,
+    /// Status polling interval for watched jobs of modules that don't push.
+    pub job_poll_interval: Duration,
+    /// Keep a one-call streamed job running after its client disconnects.
+    pub keep_jobs_on_disconnect: bool,
 }
 
 /// Why a configuration could not be built.
@@ -149,6 +302,21 @@ impl Default for Config {
             no_install: false,
             development: false,
             root_path: PathBuf::from("."),
+            max_form_fields: 10_000,
+            body_read_timeout: Duration::from_secs(30),
+            queue_bytes: 256 * 1024 * 1024,
+            unresponsive_after: Duration::from_secs(30),
+            api_key: None,
+            allowed_origins: Vec::new(),
+            module_env: MODULE_ENV_DEFAULT.iter().map(|s| s.to_string()).collect(),
+            allow_external_modules: false,
+            module_port: 0,
+            max_connections: 1024,
+            stable_run: Duration::from_secs(30),
+            job_retention: Duration::from_secs(600),
+            max_finished_jobs: 500,
+            job_poll_interval: Duration::from_millis(250),
+            keep_jobs_on_disconnect: false,
         }
     }
 }
@@ -200,6 +368,75 @@ impl Config {
             no_install: cli.no_install.or(file.no_install).unwrap_or(false),
             development: cli.development.or(file.development).unwrap_or(false),
             root_path: root_path.clone(),
+            max_form_fields: cli
+                .max_form_fields
+                .or(file.max_form_fields)
+                .unwrap_or(defaults.max_form_fields),
+            body_read_timeout: cli
+                .body_read_timeout_secs
+                .or(file.body_read_timeout_secs)
+                .map_or(defaults.body_read_timeout, Duration::from_secs),
+            queue_bytes: cli
+                .queue_bytes
+                .or(file.queue_bytes)
+                .unwrap_or(defaults.queue_bytes),
+            unresponsive_after: cli
+                .unresponsive_secs
+                .or(file.unresponsive_secs)
+                .map_or(defaults.unresponsive_after, Duration::from_secs),
+            api_key: match (
+                cli.api_key.or(file.api_key),
+                cli.api_key_file.or(file.api_key_file),
+            ) {
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::Invalid {
+                        name: "api_key",
+                        problem: "give api_key or api_key_file, not both".into(),
+                    })
+                }
+                (Some(key), None) => Some(key),
+                (None, Some(path)) => Some(Self::read_key_file(&absolute(path))?),
+                (None, None) => None,
+            },
+            allowed_origins: if cli.allowed_origins.is_empty() {
+                file.allowed_origins.unwrap_or_default()
+            } else {
+                cli.allowed_origins
+            },
+            module_env: if cli.module_env.is_empty() {
+                file.module_env.unwrap_or(defaults.module_env)
+            } else {
+                cli.module_env
+            },
+            allow_external_modules: cli
+                .allow_external_modules
+                .or(file.allow_external_modules)
+                .unwrap_or(false),
+            module_port: cli.module_port.or(file.module_port).unwrap_or(0),
+            max_connections: cli
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(defaults.max_connections),
+            stable_run: cli
+                .stable_run_secs
+                .or(file.stable_run_secs)
+                .map_or(defaults.stable_run, Duration::from_secs),
+            job_retention: cli
+                .job_retention_secs
+                .or(file.job_retention_secs)
+                .map_or(defaults.job_retention, Duration::from_secs),
+            max_finished_jobs: cli
+                .max_finished_jobs
+                .or(file.max_finished_jobs)
+                .unwrap_or(defaults.max_finished_jobs),
+            job_poll_interval: cli
+                .job_poll_ms
+                .or(file.job_poll_ms)
+                .map_or(defaults.job_poll_interval, Duration::from_millis),
+            keep_jobs_on_disconnect: cli
+                .keep_jobs_on_disconnect
+                .or(file.keep_jobs_on_disconnect)
+                .unwrap_or(false),
         };
         config.validate()?;
         Ok(config)
@@ -216,7 +453,37 @@ impl Config {
         })
     }
 
+    /// The first line of the key file, trimmed.
+    fn read_key_file(path: &Path) -> Result<String, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(text.lines().next().unwrap_or("").trim().to_owned())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.api_key.as_deref().is_some_and(|k| k.trim().len() < 8) {
+            return Err(ConfigError::Invalid {
+                name: "api_key",
+                problem: "must be at least 8 characters".into(),
+            });
+        }
+        for (name, zero) in [
+            ("max_form_fields", self.max_form_fields == 0),
+            ("body_read_timeout_secs", self.body_read_timeout.is_zero()),
+            ("queue_bytes", self.queue_bytes == 0),
+            ("unresponsive_secs", self.unresponsive_after.is_zero()),
+            ("max_connections", self.max_connections == 0),
+            ("job_poll_ms", self.job_poll_interval.is_zero()),
+        ] {
+            if zero {
+                return Err(ConfigError::Invalid {
+                    name,
+                    problem: "must be at least 1".into(),
+                });
+            }
+        }
         if self.request_timeout.is_zero() {
             return Err(ConfigError::Invalid {
                 name: "request_timeout_secs",
@@ -337,6 +604,53 @@ mod tests {
         let cli = Cli::parse_from(["modhost", "--queue-length", "0"]);
         let err = Config::from_cli(cli).unwrap_err().to_string();
         assert!(err.contains("queue_length"), "{err}");
+    }
+
+    #[test]
+    fn an_api_key_comes_from_a_file_and_must_not_be_trivial() {
+        let key = write("s3cret-key-1234\nignored\n");
+        let cli = Cli::parse_from(["modhost", "--api-key-file", key.path().to_str().unwrap()]);
+        assert_eq!(
+            Config::from_cli(cli).unwrap().api_key.as_deref(),
+            Some("s3cret-key-1234")
+        );
+        let err = Config::from_cli(Cli::parse_from(["modhost", "--api-key", "short"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api_key"), "{err}");
+        let both = Cli::parse_from([
+            "modhost",
+            "--api-key",
+            "long-enough-key",
+            "--api-key-file",
+            key.path().to_str().unwrap(),
+        ]);
+        assert!(Config::from_cli(both).is_err());
+    }
+
+    #[test]
+    fn lists_come_from_repeated_flags_or_the_file() {
+        let file = write("allowed_origins = [\"http://a.lan\"]\nmodule_env = [\"FOO\"]\n");
+        let path = file.path().to_str().unwrap();
+        let config = Config::from_cli(Cli::parse_from(["modhost", "--config", path])).unwrap();
+        assert_eq!(config.allowed_origins, ["http://a.lan"]);
+        assert_eq!(config.module_env, ["FOO"]);
+        let config = Config::from_cli(Cli::parse_from([
+            "modhost",
+            "--config",
+            path,
+            "--allowed-origin",
+            "http://b.lan",
+            "--allowed-origin",
+            "http://c.lan",
+        ]))
+        .unwrap();
+        assert_eq!(config.allowed_origins, ["http://b.lan", "http://c.lan"]);
+        let config = Config::from_cli(Cli::parse_from(["modhost"])).unwrap();
+        assert!(config
+            .module_env
+            .iter()
+            .any(|v| v == "CUDA_VISIBLE_DEVICES"));
     }
 
     #[test]

@@ -1,16 +1,18 @@
 //! The one place that maps errors to HTTP answers.
 //!
-//! Two families, following CodeProject.AI Server 2.9 (reference/codeproject-protocol.md §2):
-//! - *request* errors (bad input, unknown route, oversized body) get a 4xx status;
-//! - *command* failures (timeout, full queue, module down or crashed, bad module
-//!   reply) keep HTTP 200 with `success:false, code:500`, as CodeProject answers
-//!   them and as its clients expect; a full queue or a down module adds
-//!   `Retry-After`.
+//! Two families, following CodeProject.AI Server 2.9 (docs/protocol.md §2.2):
+//! - *request* errors (bad input, unknown route, oversized or slow body,
+//!   missing API key, refused origin) get a 4xx status;
+//! - *command* failures ([`Failure`]: timeout, full queue, module down or
+//!   crashed, bad module reply) keep HTTP 200 with `success:false, code:500`, as
+//!   CodeProject answers them and as its clients expect, plus modhost's
+//!   `errorCode`; the failures a retry can cure add `Retry-After`.
 //!
 //! Every body is the CodeProject envelope: `{"success":false,"code":N,"hostname":H,"error":MSG}`.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
+use modhost_protocol::{Failure, FailureKind};
 use serde_json::json;
 
 use crate::hostname;
@@ -27,22 +29,37 @@ pub enum ApiError {
     /// The body is over the configured limit (bytes).
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The request has more values and files than the configured limit.
+    #[error("the request has more than {limit} values (setting max_form_fields)")]
+    TooManyFields { limit: usize },
+    /// The body did not arrive within the configured time (seconds).
+    #[error("the request body was not received within {secs} s (setting body_read_timeout_secs)")]
+    RequestTimeout { secs: u64 },
+    /// An API key is required and was missing or wrong.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The request is refused whoever sends it (e.g. a foreign origin).
+    #[error("{0}")]
+    Forbidden(String),
     /// The body's content type cannot carry request values.
     #[error("unsupported content type '{0}': send multipart/form-data, application/x-www-form-urlencoded or application/json")]
     UnsupportedMediaType(String),
     /// The command could not be carried out; CodeProject answers these with
-    /// HTTP 200 and `success:false`. `retry` adds `Retry-After` (seconds).
-    #[error("{message}")]
-    Command { message: String, retry: Option<u32> },
+    /// HTTP 200 and `success:false`.
+    #[error("{0}")]
+    Command(Failure),
 }
 
 impl ApiError {
-    /// A command failure without a retry hint.
-    pub fn command(message: impl Into<String>) -> ApiError {
-        ApiError::Command {
-            message: message.into(),
-            retry: None,
-        }
+    /// A command failure of `kind`.
+    pub fn failure(kind: FailureKind, message: impl Into<String>) -> ApiError {
+        ApiError::Command(Failure::new(kind, message))
+    }
+}
+
+impl From<Failure> for ApiError {
+    fn from(failure: Failure) -> ApiError {
+        ApiError::Command(failure)
     }
 }
 
@@ -51,31 +68,46 @@ pub fn failure_body(code: u16, message: &str) -> serde_json::Value {
     json!({"success": false, "code": code, "hostname": hostname(), "error": message})
 }
 
+/// The body of a command failure: the envelope with `code` 500 and the
+/// failure's `errorCode` (docs/protocol.md §4.3).
+pub fn failure_json(failure: &Failure) -> serde_json::Value {
+    let mut body = failure_body(500, &failure.message);
+    body["errorCode"] = json!(failure.kind.code());
+    body
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge { .. } | ApiError::TooManyFields { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Command { .. } => StatusCode::OK,
+            ApiError::Command(_) => StatusCode::OK,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
-        let code = match self {
-            ApiError::Command { .. } => 500,
-            _ => status.as_u16(),
-        };
         let mut response = HttpResponse::build(status);
-        if let ApiError::Command {
-            retry: Some(secs), ..
-        } = self
-        {
-            response.insert_header(("Retry-After", secs.to_string()));
+        match self {
+            ApiError::Command(failure) => {
+                if let Some(secs) = failure.kind.retry_after_secs() {
+                    response.insert_header(("Retry-After", secs.to_string()));
+                }
+                response.json(failure_json(failure))
+            }
+            ApiError::Unauthorized(_) => {
+                response.insert_header(("WWW-Authenticate", "Bearer"));
+                response.json(failure_body(status.as_u16(), &self.to_string()))
+            }
+            _ => response.json(failure_body(status.as_u16(), &self.to_string())),
         }
-        response.json(failure_body(code, &self.to_string()))
     }
 }
 
@@ -97,16 +129,20 @@ mod tests {
 
     #[actix_web::test]
     async fn command_failures_keep_http_200_like_codeproject() {
-        let (status, body, retry) = body_of(ApiError::Command {
-            message: "Request queue 'q' is full (#reqid 1)".into(),
-            retry: Some(1),
-        })
+        let (status, body, retry) = body_of(ApiError::failure(
+            FailureKind::QueueFull,
+            "Request queue 'q' is full (#reqid 1)",
+        ))
         .await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["success"], false);
         assert_eq!(body["code"], 500);
         assert_eq!(body["error"], "Request queue 'q' is full (#reqid 1)");
+        assert_eq!(body["errorCode"], "queue_full");
         assert_eq!(retry.as_deref(), Some("1"));
+        let (_, body, retry) = body_of(ApiError::failure(FailureKind::Timeout, "late")).await;
+        assert_eq!(body["errorCode"], "timeout");
+        assert_eq!(retry, None);
     }
 
     #[actix_web::test]

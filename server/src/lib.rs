@@ -3,15 +3,21 @@
 //! It reads each module's `modulesettings.json`, launches the module as a
 //! child process, and serves the module's routes over HTTP. Client requests
 //! become commands on per-module queues; modules long-poll those queues and
-//! post replies back (reference/codeproject-protocol.md).
+//! post replies back (docs/protocol.md). Long processes become jobs the
+//! server owns, streamed to clients as Server-Sent Events.
 //!
 //! Layout:
 //! - [`config`]: the one configuration struct (file < env < CLI);
-//! - `queue`: bounded command queues and the requests waiting on them;
-//! - `registry`: modules, their live state and the route table;
-//! - `supervisor`: module processes: launch, restart with backoff, stop;
+//! - `queue`: bounded command queues, their control lanes, and the requests
+//!   waiting on them;
+//! - `commands`: the one way a request reaches a module: run, status,
+//!   cancel, and the jobs long processes become;
+//! - `jobs`: jobs, their events and retention;
+//! - `registry`: modules, their live state and launch tokens, the route table;
+//! - `supervisor`: module processes: launch, watch, restart with backoff, stop;
+//! - `access`: API key, origin checks and CORS, in front of every route;
 //! - `api`: the `/v1` endpoints; `payload`: request values and validation;
-//! - `conn`: whether a long poll's client is still connected;
+//! - `conn`: whether a request's client is still connected;
 //! - `logs`, `system`, `explorer_ui`, `static_files`: log buffer, machine
 //!   figures, explorer UI cutting, the embedded web UI;
 //! - `error`: the one mapping from errors to HTTP answers.
@@ -19,11 +25,14 @@
 //! [`run`] serves until a shutdown token is cancelled; tests call it on
 //! `127.0.0.1:0`.
 
+mod access;
 mod api;
+mod commands;
 pub mod config;
 mod conn;
 mod error;
 mod explorer_ui;
+mod jobs;
 mod logs;
 mod payload;
 mod queue;
@@ -42,7 +51,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Cli, Config};
 
+use commands::Commands;
 use error::ApiError;
+use jobs::{Jobs, Retention};
 use logs::{LogLevel, LogService};
 use queue::Queues;
 use registry::{Module, ModuleStatus, Registry};
@@ -57,11 +68,16 @@ pub const COMPATIBLE_VERSION: &str = "2.9.6";
 pub struct AppState {
     pub(crate) config: Config,
     pub(crate) queues: Arc<Queues>,
+    pub(crate) jobs: Arc<Jobs>,
+    pub(crate) commands: Arc<Commands>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) logs: Arc<LogService>,
     pub(crate) supervisor: Supervisor,
     pub(crate) system: Arc<SystemMonitor>,
     pub(crate) started: Instant,
+    /// Cancelled once the modules have stopped at shutdown: ends event
+    /// streams and job pollers.
+    pub(crate) shutdown: CancellationToken,
 }
 
 /// This machine's name, as CodeProject puts it in every envelope.
@@ -81,19 +97,21 @@ pub(crate) fn envelope(mut fields: Value) -> Value {
 }
 
 /// Loads the modules, starts them and serves HTTP on `listener` until
-/// `shutdown` is cancelled; then stops every module process and returns.
+/// `shutdown` is cancelled; then stops every module process, answers every
+/// waiting client, and returns.
+///
+/// Modules launched by the server talk to a second, loopback-only listener
+/// (their `CPAI_PORT`) with its own worker, so that however many clients
+/// crowd the main port, polls and replies are served.
 ///
 /// # Errors
-/// When the listener cannot be served.
+/// When a listener cannot be served.
 pub async fn run(
     listener: std::net::TcpListener,
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let port = listener
-        .local_addr()
-        .context("reading the listener's address")?
-        .port();
+    raise_open_file_limit();
     let logs = Arc::new(LogService::new(Some(config.log_dir.clone())));
     let platform = modulesettings::Platform {
         development: config.development,
@@ -133,18 +151,27 @@ pub async fn run(
             Arc::new(Module::new(manifest, status))
         })
         .collect();
+    let local = listener
+        .local_addr()
+        .context("reading the listener's address")?;
+    let module_listener = std::net::TcpListener::bind(("127.0.0.1", config.module_port))
+        .with_context(|| {
+            format!(
+                "cannot listen for modules on 127.0.0.1:{}",
+                config.module_port
+            )
+        })?;
+    let module_port = module_listener.local_addr()?.port();
     logs.add(
         LogLevel::Information,
         "Server",
         "",
         &format!(
-            "modhost {} listening on {}, {} module(s) found",
+            "modhost {} listening on {local}, {} module(s) found; modules connect to 127.0.0.1:{module_port}",
             env!("CARGO_PKG_VERSION"),
-            listener.local_addr()?,
             modules.len()
         ),
     );
-    let local = listener.local_addr()?;
     let host = if local.ip().is_unspecified() {
         "127.0.0.1".to_owned()
     } else {
@@ -154,53 +181,72 @@ pub async fn run(
         LogLevel::Information,
         "Server",
         "",
-        &format!("dashboard: http://{host}:{port}/  explorer: http://{host}:{port}/explorer.html"),
+        &format!(
+            "dashboard: http://{host}:{port}/  explorer: http://{host}:{port}/explorer.html",
+            port = local.port()
+        ),
     );
+    if config.api_key.is_none() && !local.ip().is_loopback() {
+        logs.add(
+            LogLevel::Warning,
+            "Server",
+            "",
+            "serving the network without an API key: anyone who can reach this port can run \
+             commands (see docs/security.md); modules can only be started and stopped from this machine",
+        );
+    }
 
-    let queues = Queues::new(config.queue_length);
+    let queues = Queues::new(config.queue_length, config.queue_bytes);
+    let jobs = Jobs::new(Retention {
+        age: config.job_retention,
+        count: config.max_finished_jobs,
+    });
+    let streams_end = CancellationToken::new();
+    let commands = Commands::new(
+        Arc::clone(&queues),
+        Arc::clone(&jobs),
+        config.request_timeout,
+        config.job_poll_interval,
+        streams_end.clone(),
+    );
     let modules_stop = CancellationToken::new();
     let launch = Arc::new(LaunchContext {
-        port,
+        port: module_port,
         macros: modulesettings::Macros::new(&config.root_path, platform.clone()),
         root_path: config.root_path.clone(),
         no_install: config.no_install,
+        module_env: config.module_env.clone(),
+        unresponsive_after: config.unresponsive_after,
+        stable_run: config.stable_run,
     });
     let (supervisor, module_tasks) = Supervisor::start(
         &modules,
         launch,
         Arc::clone(&queues),
+        Arc::clone(&jobs),
         Arc::clone(&logs),
         modules_stop.clone(),
     );
     let state = web::Data::new(AppState {
         queues,
+        jobs,
+        commands,
         registry: Arc::new(Registry::new(modules)),
         logs: Arc::clone(&logs),
         supervisor,
         system: SystemMonitor::start(shutdown.clone()),
         started: Instant::now(),
         config: config.clone(),
+        shutdown: streams_end.clone(),
     });
 
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let app_state = state.clone();
-    let max_body = config.max_body_bytes;
     let server = HttpServer::new(move || {
         App::new()
             .app_data(app_state.clone())
-            .app_data(
-                web::FormConfig::default()
-                    .limit(max_body)
-                    .error_handler(|err, _| {
-                        ApiError::BadRequest(format!("malformed form body: {err}")).into()
-                    }),
-            )
-            .app_data(web::QueryConfig::default().error_handler(|err, _| {
-                ApiError::BadRequest(format!("malformed query string: {err}")).into()
-            }))
-            .app_data(web::PathConfig::default().error_handler(|err, _| {
-                ApiError::BadRequest(format!("malformed path: {err}")).into()
-            }))
-            .app_data(web::PayloadConfig::default().limit(max_body))
+            .configure(configure_extractors)
+            .wrap(actix_web::middleware::from_fn(access::guard))
             .wrap(
                 actix_web::middleware::DefaultHeaders::new()
                     .add(("Access-Control-Allow-Origin", "*")),
@@ -208,14 +254,30 @@ pub async fn run(
             .configure(api::configure)
             .configure(static_files::configure)
     })
+    .workers(workers)
+    .max_connections(config.max_connections.div_ceil(workers))
     .on_connect(conn::on_connect)
     .disable_signals()
     .shutdown_timeout(2)
     .listen(listener)
     .context("serving the listener")?
     .run();
-    let handle = server.handle();
-    let serving = tokio::spawn(server);
+    let module_state = state.clone();
+    let module_server = HttpServer::new(move || {
+        App::new()
+            .app_data(module_state.clone())
+            .configure(configure_extractors)
+            .configure(api::configure_module_side)
+    })
+    .workers(1)
+    .on_connect(conn::on_connect)
+    .disable_signals()
+    .shutdown_timeout(2)
+    .listen(module_listener)
+    .context("serving the module listener")?
+    .run();
+    let handles = [server.handle(), module_server.handle()];
+    let serving = [tokio::spawn(server), tokio::spawn(module_server)];
 
     shutdown.cancelled().await;
     logs.add(
@@ -225,11 +287,58 @@ pub async fn run(
         "shutting down: stopping modules",
     );
     // Modules are stopped while HTTP still serves: their quit command travels
-    // over the queue.
+    // over the queue, and the clients they leave waiting are answered.
     modules_stop.cancel();
     module_tasks.join().await;
-    handle.stop(false).await;
-    let _ = serving.await;
+    streams_end.cancel();
+    // Graceful: requests in progress (every one of them answered by now, or
+    // about to be) finish before the listeners close.
+    for handle in handles {
+        handle.stop(true).await;
+    }
+    for task in serving {
+        let _ = task.await;
+    }
     logs.add(LogLevel::Information, "Server", "", "stopped");
     Ok(())
+}
+
+/// The extractor settings both listeners share: body limits and JSON
+/// errors for malformed forms, queries and paths.
+fn configure_extractors(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::FormConfig::default()
+            .limit(64 * 1024)
+            .error_handler(|err, _| {
+                ApiError::BadRequest(format!("malformed form body: {err}")).into()
+            }),
+    )
+    .app_data(web::QueryConfig::default().error_handler(|err, _| {
+        ApiError::BadRequest(format!("malformed query string: {err}")).into()
+    }))
+    .app_data(
+        web::PathConfig::default()
+            .error_handler(|err, _| ApiError::BadRequest(format!("malformed path: {err}")).into()),
+    );
+}
+
+/// Raises this process's soft limit of open files to its hard limit, so
+/// that many client connections do not exhaust it (the common default soft
+/// limit is 1,024).
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let before = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                tracing::debug!(before, after = limit.rlim_max, "raised the open-file limit");
+            }
+        }
+    }
 }

@@ -21,6 +21,40 @@ pub const LOG_CAPACITY: usize = 2000;
 /// Lines waiting for the log-file thread before new ones are counted as
 /// dropped (a stalled disk must not grow the server's memory).
 const FILE_BACKLOG: usize = 10_000;
+/// Longest message kept in an entry, in bytes, wherever it came from (a
+/// module's output line, `POST /v1/log/`, the server): longer ones are cut,
+/// saying how much was cut, so that no caller can fill memory or disk with
+/// a few entries.
+pub const MAX_ENTRY_BYTES: usize = 8 * 1024;
+
+/// `message` made safe for one log line: cut to [`MAX_ENTRY_BYTES`] (at a
+/// character boundary, saying how many bytes were left out), and line breaks
+/// and other control characters written as escapes (`\n`), so that an entry
+/// can never forge further lines in the log file.
+fn sanitise(message: &str) -> std::borrow::Cow<'_, str> {
+    let needs_escape = message.chars().any(|c| c.is_control() && c != '\t');
+    if message.len() <= MAX_ENTRY_BYTES && !needs_escape {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    let mut cut = message.len().min(MAX_ENTRY_BYTES);
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut out = String::with_capacity(cut + 48);
+    for c in message[..cut].chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push('\t'),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    if cut < message.len() {
+        out.push_str(&format!(" … ({} more bytes not kept)", message.len() - cut));
+    }
+    std::borrow::Cow::Owned(out)
+}
 
 /// Severity of a log entry, named as CodeProject's `log_level` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -159,8 +193,14 @@ impl LogService {
         }
     }
 
-    /// Adds an entry and mirrors it to `tracing` and the day's file.
+    /// Adds an entry and mirrors it to `tracing` and the day's file. The
+    /// message is cut to [`MAX_ENTRY_BYTES`] and its line breaks escaped; the
+    /// category and label to 256 bytes.
     pub fn add(&self, level: LogLevel, category: &str, label: &str, message: &str) -> u64 {
+        let message = sanitise(message);
+        let category = sanitise(truncate(category, 256));
+        let label = sanitise(truncate(label, 256));
+        let (category, label) = (category.as_ref(), label.as_ref());
         match level {
             LogLevel::Trace => tracing::trace!(target: "modhost::log", %category, "{message}"),
             LogLevel::Debug => tracing::debug!(target: "modhost::log", %category, "{message}"),
@@ -232,6 +272,15 @@ impl LogService {
             .cloned()
             .collect()
     }
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    let mut cut = text.len().min(max);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &text[..cut]
 }
 
 fn write_files(dir: PathBuf, rx: mpsc::Receiver<(String, String)>) {
@@ -325,6 +374,36 @@ mod tests {
         assert_eq!(after[1], "line 5\n");
         file.send(day(), "T", "line 6\n".into());
         assert_eq!(lines(&rx), ["line 6\n"], "the count was reset");
+    }
+
+    #[test]
+    fn long_entries_are_cut_and_line_breaks_cannot_forge_lines() {
+        let log = LogService::new(None);
+        log.add(
+            LogLevel::Information,
+            "Echo",
+            "",
+            "ok\n2026-01-01T00:00:00Z [Critical] Server: forged\r\x07",
+        );
+        let entry = &log.list(0, 1)[0].entry;
+        assert_eq!(
+            entry,
+            "Echo: ok\\n2026-01-01T00:00:00Z [Critical] Server: forged\\r\\u{7}"
+        );
+        assert!(!entry.contains('\n'));
+        log.add(
+            LogLevel::Information,
+            "Echo",
+            "",
+            &"é".repeat(MAX_ENTRY_BYTES),
+        );
+        let entry = &log.list(1, 1)[0].entry;
+        assert!(entry.len() < MAX_ENTRY_BYTES + 64, "{}", entry.len());
+        assert!(
+            entry.ends_with(&format!("… ({} more bytes not kept)", MAX_ENTRY_BYTES)),
+            "{}",
+            &entry[entry.len() - 40..]
+        );
     }
 
     #[test]

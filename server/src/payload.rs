@@ -5,58 +5,113 @@
 //! urlencoded forms (uploads become base64 files), JSON in CodeProject's payload
 //! shape (`{"values":[{"key":"prompt","value":["hi"]}]}`), or, as a modhost
 //! extension, a plain JSON object (`{"prompt":"hi","max_tokens":5}`). Payload
-//! format of CodeProject.AI Server 2.9, see reference/codeproject-protocol.md §1
-//! "Queue item" and §2.
+//! format: docs/protocol.md §1.3 and §2.1.
+//!
+//! Parsing is linear in the size of the request and bounded three ways, so
+//! that no request can freeze a worker: a body byte limit, a limit on the
+//! number of values, and a deadline for reading the body. Bodies larger than
+//! [`INLINE_PARSE_BYTES`] are parsed on the blocking pool, off the HTTP worker.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
 
 use actix_web::http::header::{HeaderMap, CONTENT_TYPE};
 use actix_web::web::Bytes;
 use base64::Engine;
 use futures_util::StreamExt;
+use modhost_protocol::{FileValue, KeyValue, Payload};
 use modulesettings::{ParamType, RouteParam};
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::ApiError;
 
-/// One named value; CodeProject sends every value as an array of strings.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct KeyValue {
-    pub key: String,
-    pub value: Vec<String>,
+/// Bodies up to this size are parsed on the HTTP worker; larger ones on the
+/// blocking pool, so that a 50 MiB JSON body does not stall the worker's
+/// other connections.
+pub const INLINE_PARSE_BYTES: usize = 256 * 1024;
+
+/// How much of a request the server will read and parse.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// Largest body, in bytes (413 beyond it).
+    pub max_bytes: usize,
+    /// Most values and files in one request, query string included (413
+    /// beyond it).
+    pub max_fields: usize,
+    /// Longest time reading the body may take (408 beyond it).
+    pub read_timeout: Duration,
 }
 
-/// An uploaded file.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FileValue {
-    pub name: String,
-    pub filename: String,
-    pub content_type: String,
-    /// Base64 (standard alphabet, padded).
-    pub data: String,
-}
-
-/// The values and files of one request.
+/// The values and files of one request, in the order they came. Repeated
+/// names add to one entry, found through an index, so collecting n values
+/// costs O(n).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RequestValues {
     pub values: Vec<KeyValue>,
     pub files: Vec<FileValue>,
+    /// Position in `values` of each exact key.
+    index: HashMap<String, usize>,
+    /// Values and files so far.
+    count: usize,
+    /// Most values and files allowed; 0 means no limit (tests).
+    max_fields: usize,
 }
 
 impl RequestValues {
-    fn push(&mut self, key: &str, value: String) {
-        match self.values.iter_mut().find(|kv| kv.key == key) {
-            Some(kv) => kv.value.push(value),
-            None => self.values.push(KeyValue {
-                key: key.to_owned(),
-                value: vec![value],
-            }),
+    /// An empty set that refuses more than `max_fields` values and files.
+    pub fn with_limit(max_fields: usize) -> RequestValues {
+        RequestValues {
+            max_fields,
+            ..RequestValues::default()
         }
     }
 
+    /// Counts one more value or file.
+    ///
+    /// # Errors
+    /// 413 naming the limit when there are more than `max_fields`.
+    fn count_one(&mut self) -> Result<(), ApiError> {
+        self.count += 1;
+        if self.max_fields > 0 && self.count > self.max_fields {
+            return Err(ApiError::TooManyFields {
+                limit: self.max_fields,
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds a value under `key` (a further one if `key` is present).
+    ///
+    /// # Errors
+    /// 413 when over the limit of values.
+    fn push(&mut self, key: &str, value: String) -> Result<(), ApiError> {
+        self.count_one()?;
+        match self.index.get(key) {
+            Some(&at) => self.values[at].value.push(value),
+            None => {
+                self.index.insert(key.to_owned(), self.values.len());
+                self.values.push(KeyValue {
+                    key: key.to_owned(),
+                    value: vec![value],
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds an uploaded file.
+    ///
+    /// # Errors
+    /// 413 when over the limit of values.
+    fn push_file(&mut self, file: FileValue) -> Result<(), ApiError> {
+        self.count_one()?;
+        self.files.push(file);
+        Ok(())
+    }
+
     /// The first value of `key` (case-insensitive).
-    #[cfg(test)]
-    fn get(&self, key: &str) -> Option<&str> {
+    pub fn get(&self, key: &str) -> Option<&str> {
         self.all(key).next()
     }
 
@@ -69,61 +124,103 @@ impl RequestValues {
             .flat_map(|kv| kv.value.iter().map(String::as_str))
     }
 
-    /// The `payload` object of a queue item for `command`.
-    pub fn into_payload(self, command: &str, url_segments: Vec<String>) -> Value {
-        serde_json::json!({
-            "command": command,
-            "values": self.values,
-            "files": self.files,
-            "urlSegments": url_segments,
-        })
+    /// The `payload` of a queue item, less its command.
+    pub fn into_payload(self, url_segments: Vec<String>) -> Payload {
+        Payload {
+            values: self.values,
+            files: self.files,
+            url_segments,
+            ..Payload::default()
+        }
     }
 }
 
-/// Reads the body (at most `limit` bytes) and collects the request's values.
+/// Reads the body (within `limits`) and collects the request's values.
 ///
 /// # Errors
-/// 413 over the limit; 415 for a content type that carries no values; 400 for
-/// a malformed body (bad JSON, bad form, invalid UTF-8), naming the problem.
+/// 413 over the byte or value limit; 408 when the body does not arrive in
+/// time; 415 for a content type that carries no values; 400 for a malformed
+/// body (bad JSON, bad or unterminated form, invalid UTF-8), naming the
+/// problem.
 pub async fn parse(
     query: &str,
     headers: &HeaderMap,
-    mut body: actix_web::web::Payload,
-    limit: usize,
+    body: actix_web::web::Payload,
+    limits: BodyLimits,
 ) -> Result<RequestValues, ApiError> {
-    let mut values = RequestValues::default();
-    for (key, value) in parse_urlencoded(query.as_bytes(), "query string")? {
-        values.push(&key, value);
-    }
-
-    if let Some(length) = headers
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        if length > limit {
-            return Err(ApiError::PayloadTooLarge { limit });
-        }
-    }
-    let mut bytes = actix_web::web::BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::BadRequest(format!("cannot read the request body: {e}")))?;
-        if bytes.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge { limit });
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    let bytes = bytes.freeze();
+    let mut values = RequestValues::with_limit(limits.max_fields);
+    parse_urlencoded(query.as_bytes(), "query string", &mut values)?;
+    let bytes = read_body(headers, body, limits).await?;
     if bytes.is_empty() {
         return Ok(values);
     }
-
     let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
+    if bytes.len() <= INLINE_PARSE_BYTES {
+        parse_body(&content_type, bytes, values)
+    } else {
+        actix_web::web::block(move || parse_body(&content_type, bytes, values))
+            .await
+            .map_err(|_| ApiError::BadRequest("the request body could not be parsed".into()))?
+    }
+}
+
+/// Reads the whole body: at most `limits.max_bytes`, within
+/// `limits.read_timeout`.
+///
+/// # Errors
+/// 413 over the limit (told by `Content-Length` before reading, when sent);
+/// 408 when the body is not complete in time (a slow or stalled client);
+/// 400 when the connection fails mid-body.
+pub async fn read_body(
+    headers: &HeaderMap,
+    mut body: actix_web::web::Payload,
+    limits: BodyLimits,
+) -> Result<Bytes, ApiError> {
+    if let Some(length) = headers
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if length > limits.max_bytes {
+            return Err(ApiError::PayloadTooLarge {
+                limit: limits.max_bytes,
+            });
+        }
+    }
+    let deadline = tokio::time::Instant::now() + limits.read_timeout;
+    let mut bytes = actix_web::web::BytesMut::new();
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, body.next()).await {
+            Err(_) => {
+                return Err(ApiError::RequestTimeout {
+                    secs: limits.read_timeout.as_secs(),
+                })
+            }
+            Ok(None) => break,
+            Ok(Some(chunk)) => chunk
+                .map_err(|e| ApiError::BadRequest(format!("cannot read the request body: {e}")))?,
+        };
+        if bytes.len() + chunk.len() > limits.max_bytes {
+            return Err(ApiError::PayloadTooLarge {
+                limit: limits.max_bytes,
+            });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes.freeze())
+}
+
+/// Collects the values of a complete body of `content_type` into `values`.
+/// Synchronous and CPU-bound: callers run large bodies on the blocking pool.
+fn parse_body(
+    content_type: &str,
+    bytes: Bytes,
+    mut values: RequestValues,
+) -> Result<RequestValues, ApiError> {
     let mime = content_type
         .split(';')
         .next()
@@ -131,23 +228,20 @@ pub async fn parse(
         .trim()
         .to_ascii_lowercase();
     match mime.as_str() {
-        "multipart/form-data" => parse_multipart(headers, bytes, &mut values).await?,
-        "application/x-www-form-urlencoded" => {
-            for (key, value) in parse_urlencoded(&bytes, "form body")? {
-                values.push(&key, value);
-            }
-        }
+        "multipart/form-data" => parse_multipart(content_type, bytes, &mut values)?,
+        "application/x-www-form-urlencoded" => parse_urlencoded(&bytes, "form body", &mut values)?,
         "application/json" | "text/json" => parse_json(&bytes, &mut values)?,
         "" if bytes.first() == Some(&b'{') => parse_json(&bytes, &mut values)?,
-        _ => return Err(ApiError::UnsupportedMediaType(content_type)),
+        _ => return Err(ApiError::UnsupportedMediaType(content_type.to_owned())),
     }
     Ok(values)
 }
 
 /// Decodes `application/x-www-form-urlencoded` pairs (`+` is a space,
-/// `%XX` a byte). Strict where the common decoders are lossy: a value whose
-/// decoded bytes are not UTF-8 (such as `%FF`) is an error, not a U+FFFD.
-fn parse_urlencoded(bytes: &[u8], what: &str) -> Result<Vec<(String, String)>, ApiError> {
+/// `%XX` a byte) into `values`. Strict where the common decoders are lossy: a
+/// value whose decoded bytes are not UTF-8 (such as `%FF`) is an error, not a
+/// U+FFFD.
+fn parse_urlencoded(bytes: &[u8], what: &str, values: &mut RequestValues) -> Result<(), ApiError> {
     std::str::from_utf8(bytes).map_err(|e| {
         ApiError::BadRequest(format!(
             "the {what} is not valid UTF-8 (byte {})",
@@ -161,29 +255,26 @@ fn parse_urlencoded(bytes: &[u8], what: &str) -> Result<Vec<(String, String)>, A
             .collect();
         String::from_utf8(percent_encoding::percent_decode(&spaced).collect())
     };
-    bytes
-        .split(|&b| b == b'&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (key, value) = match pair.iter().position(|&b| b == b'=') {
-                Some(at) => (&pair[..at], &pair[at + 1..]),
-                None => (pair, &b""[..]),
-            };
-            let key = decode(key).map_err(|e| {
-                ApiError::BadRequest(format!(
-                    "a name in the {what} is not valid UTF-8 once percent-decoded (byte {})",
-                    e.utf8_error().valid_up_to()
-                ))
-            })?;
-            let value = decode(value).map_err(|e| {
-                ApiError::BadRequest(format!(
-                    "the value of '{key}' in the {what} is not valid UTF-8 once percent-decoded (byte {})",
-                    e.utf8_error().valid_up_to()
-                ))
-            })?;
-            Ok((key, value))
-        })
-        .collect()
+    for pair in bytes.split(|&b| b == b'&').filter(|pair| !pair.is_empty()) {
+        let (key, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(at) => (&pair[..at], &pair[at + 1..]),
+            None => (pair, &b""[..]),
+        };
+        let key = decode(key).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "a name in the {what} is not valid UTF-8 once percent-decoded (byte {})",
+                e.utf8_error().valid_up_to()
+            ))
+        })?;
+        let value = decode(value).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "the value of '{key}' in the {what} is not valid UTF-8 once percent-decoded (byte {})",
+                e.utf8_error().valid_up_to()
+            ))
+        })?;
+        values.push(&key, value)?;
+    }
+    Ok(())
 }
 
 fn parse_json(bytes: &[u8], values: &mut RequestValues) -> Result<(), ApiError> {
@@ -209,10 +300,10 @@ fn parse_json(bytes: &[u8], values: &mut RequestValues) -> Result<(), ApiError> 
             match item.get("value") {
                 Some(Value::Array(list)) => {
                     for v in list {
-                        values.push(key, scalar_text(v));
+                        values.push(key, scalar_text(v))?;
                     }
                 }
-                Some(v) => values.push(key, scalar_text(v)),
+                Some(v) => values.push(key, scalar_text(v))?,
                 None => {
                     return Err(ApiError::BadRequest(format!(
                         "values[{i}] ('{key}') has no \"value\""
@@ -224,7 +315,7 @@ fn parse_json(bytes: &[u8], values: &mut RequestValues) -> Result<(), ApiError> 
             for (i, file) in files.iter().enumerate() {
                 let file: FileValue = serde_json::from_value(file.clone())
                     .map_err(|e| ApiError::BadRequest(format!("files[{i}]: {e}")))?;
-                values.files.push(file);
+                values.push_file(file)?;
             }
         }
         return Ok(());
@@ -234,10 +325,10 @@ fn parse_json(bytes: &[u8], values: &mut RequestValues) -> Result<(), ApiError> 
             Value::Null => {}
             Value::Array(list) => {
                 for v in &list {
-                    values.push(&key, scalar_text(v));
+                    values.push(&key, scalar_text(v))?;
                 }
             }
-            other => values.push(&key, scalar_text(&other)),
+            other => values.push(&key, scalar_text(&other))?,
         }
     }
     Ok(())
@@ -251,14 +342,62 @@ fn scalar_text(value: &Value) -> String {
     }
 }
 
-async fn parse_multipart(
-    headers: &HeaderMap,
+/// Collects a complete multipart body into `values`.
+///
+/// The body is all in memory, so the parser never has to wait: a parse
+/// that would wait for more input means the body ended before its closing
+/// boundary, and is answered 400 at once instead of never. A body that is
+/// only the closing boundary is the empty form a browser sends for an
+/// empty `FormData`: no values.
+fn parse_multipart(
+    content_type: &str,
     bytes: Bytes,
     values: &mut RequestValues,
 ) -> Result<(), ApiError> {
+    let boundary = content_type
+        .split(';')
+        .skip(1)
+        .filter_map(|param| param.trim().split_once('='))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("boundary"))
+        .map(|(_, value)| value.trim().trim_matches('"').to_owned())
+        .ok_or_else(|| {
+            ApiError::BadRequest(
+                "malformed multipart body: the Content-Type has no boundary".into(),
+            )
+        })?;
+    let closing = format!("--{boundary}--");
+    if bytes.trim_ascii() == closing.as_bytes() {
+        return Ok(());
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        CONTENT_TYPE,
+        content_type.parse().map_err(|_| {
+            ApiError::BadRequest("malformed multipart body: bad Content-Type".into())
+        })?,
+    );
     let stream =
         futures_util::stream::once(async move { Ok::<_, actix_web::error::PayloadError>(bytes) });
-    let mut multipart = actix_multipart::Multipart::new(headers, stream);
+    let multipart = actix_multipart::Multipart::new(&headers, stream);
+    let collect = collect_multipart(multipart, values);
+    futures_util::pin_mut!(collect);
+    let waker = futures_util::task::noop_waker();
+    match collect
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(&waker))
+    {
+        std::task::Poll::Ready(result) => result,
+        std::task::Poll::Pending => Err(ApiError::BadRequest(
+            "malformed multipart body: it ends before its closing boundary".into(),
+        )),
+    }
+}
+
+/// Reads every field of `multipart` into `values`.
+async fn collect_multipart(
+    mut multipart: actix_multipart::Multipart,
+    values: &mut RequestValues,
+) -> Result<(), ApiError> {
     while let Some(field) = multipart.next().await {
         let mut field =
             field.map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
@@ -281,12 +420,12 @@ async fn parse_multipart(
             data.extend_from_slice(&chunk);
         }
         match filename {
-            Some(filename) => values.files.push(FileValue {
+            Some(filename) => values.push_file(FileValue {
                 name,
                 filename,
                 content_type: content_type.unwrap_or_else(|| "application/octet-stream".into()),
                 data: base64::engine::general_purpose::STANDARD.encode(&data),
-            }),
+            })?,
             None => {
                 let text = String::from_utf8(data).map_err(|e| {
                     ApiError::BadRequest(format!(
@@ -294,7 +433,7 @@ async fn parse_multipart(
                         e.utf8_error().valid_up_to()
                     ))
                 })?;
-                values.push(&name, text);
+                values.push(&name, text)?;
             }
         }
     }
@@ -387,7 +526,7 @@ mod tests {
     fn values(pairs: &[(&str, &str)]) -> RequestValues {
         let mut v = RequestValues::default();
         for (k, val) in pairs {
-            v.push(k, val.to_string());
+            v.push(k, val.to_string()).unwrap();
         }
         v
     }
@@ -472,42 +611,54 @@ mod tests {
         );
     }
 
+    /// Urlencoded `bytes` parsed into fresh values.
+    fn urlencoded(bytes: &[u8], what: &str) -> Result<RequestValues, ApiError> {
+        let mut v = RequestValues::default();
+        parse_urlencoded(bytes, what, &mut v).map(|()| v)
+    }
+
     #[test]
     fn urlencoded_decodes_plus_and_percent_escapes() {
-        let pairs = parse_urlencoded(b"prompt=a+b%21&x&empty=&n=%C3%A9", "form body").unwrap();
-        let expected = [
-            ("prompt", "a b!"),
-            ("x", ""),
-            ("empty", ""),
-            ("n", "\u{e9}"),
-        ];
-        let expected: Vec<(String, String)> = expected
+        let v = urlencoded(b"prompt=a+b%21&x&empty=&n=%C3%A9&x=2", "form body").unwrap();
+        let pairs: Vec<(&str, Vec<&str>)> = v
+            .values
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|kv| {
+                (
+                    kv.key.as_str(),
+                    kv.value.iter().map(String::as_str).collect(),
+                )
+            })
             .collect();
-        assert_eq!(pairs, expected);
+        assert_eq!(
+            pairs,
+            [
+                ("prompt", vec!["a b!"]),
+                ("x", vec!["", "2"]),
+                ("empty", vec![""]),
+                ("n", vec!["\u{e9}"]),
+            ]
+        );
     }
 
     #[test]
     fn percent_escapes_that_are_not_utf8_are_refused_by_name() {
-        let err = parse_urlencoded(b"ok=1&n=%FF", "query string")
+        let err = urlencoded(b"ok=1&n=%FF", "query string")
             .unwrap_err()
             .to_string();
         assert_eq!(
             err,
             "the value of 'n' in the query string is not valid UTF-8 once percent-decoded (byte 0)"
         );
-        let err = parse_urlencoded(b"%C3=1", "form body")
-            .unwrap_err()
-            .to_string();
+        let err = urlencoded(b"%C3=1", "form body").unwrap_err().to_string();
         assert!(
             err.starts_with("a name in the form body is not valid UTF-8"),
             "{err}"
         );
     }
 
-    #[actix_web::test]
-    async fn multipart_uploads_become_base64_files_beside_the_fields() {
+    #[test]
+    fn multipart_uploads_become_base64_files_beside_the_fields() {
         let body = [
             &b"--XyZ\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nhi\r\n"[..],
             b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.bin\"\r\n",
@@ -516,15 +667,8 @@ mod tests {
             b"\r\n--XyZ--\r\n",
         ]
         .concat();
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            CONTENT_TYPE,
-            "multipart/form-data; boundary=XyZ".parse().unwrap(),
-        );
         let mut v = RequestValues::default();
-        parse_multipart(&headers, Bytes::from(body), &mut v)
-            .await
-            .unwrap();
+        parse_multipart(MULTIPART, Bytes::from(body), &mut v).unwrap();
         assert_eq!(v.get("prompt"), Some("hi"));
         assert_eq!(
             v.files,
@@ -539,9 +683,63 @@ mod tests {
 
     #[test]
     fn urlencoded_rejects_invalid_utf8() {
-        let err = parse_urlencoded(b"a=\xff", "form body")
+        let err = urlencoded(b"a=\xff", "form body").unwrap_err().to_string();
+        assert!(err.contains("not valid UTF-8"), "{err}");
+    }
+
+    const MULTIPART: &str = "multipart/form-data; boundary=XyZ";
+
+    #[test]
+    fn a_multipart_body_without_its_closing_boundary_is_refused_at_once() {
+        let mut v = RequestValues::default();
+        let body = "--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nvalue";
+        let err = parse_multipart(MULTIPART, Bytes::from(body), &mut v)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("not valid UTF-8"), "{err}");
+        assert!(
+            err.contains("closing boundary") || err.contains("multipart"),
+            "{err}"
+        );
+        let body = "--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nvalue\r\n--XyZ\r\n";
+        assert!(parse_multipart(MULTIPART, Bytes::from(body), &mut v).is_err());
+    }
+
+    #[test]
+    fn an_empty_multipart_form_has_no_values() {
+        for body in ["--XyZ--\r\n", "--XyZ--"] {
+            let mut v = RequestValues::default();
+            parse_multipart(MULTIPART, Bytes::from(body), &mut v).unwrap();
+            assert_eq!(v, RequestValues::default(), "{body:?}");
+        }
+        let mut v = RequestValues::default();
+        let err = parse_multipart("multipart/form-data", Bytes::from("--XyZ--"), &mut v)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no boundary"), "{err}");
+    }
+
+    #[test]
+    fn values_beyond_the_limit_are_refused_naming_it() {
+        let mut v = RequestValues::with_limit(3);
+        let err = parse_urlencoded(b"a=1&b=2&a=3&c=4", "form body", &mut v)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("more than 3 values"), "{err}");
+        let mut v = RequestValues::with_limit(2);
+        assert!(parse_json(br#"{"a":[1,2,3]}"#, &mut v).is_err());
+    }
+
+    #[test]
+    fn repeated_and_distinct_names_are_grouped_through_the_index() {
+        // 160,000 fields (what froze the server for minutes when each name
+        // was looked up among the earlier ones), half of them repeats.
+        let body: String = (0..160_000)
+            .map(|i| format!("f{}=v{i}&", i % 80_000))
+            .collect();
+        let v = urlencoded(body.as_bytes(), "form body").unwrap();
+        assert_eq!(v.values.len(), 80_000);
+        assert_eq!(v.values[7].key, "f7");
+        assert_eq!(v.values[7].value, ["v7", "v80007"]);
+        assert_eq!(v.get("F79999"), Some("v79999"));
     }
 }

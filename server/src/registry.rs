@@ -2,7 +2,7 @@
 //!
 //! Built once at start-up from the discovered manifests. The route table maps
 //! request paths to modules by the longest case-insensitive route prefix, as
-//! CodeProject.AI Server 2.9 does (reference/codeproject-protocol.md §2), and adds
+//! CodeProject.AI Server 2.9 does (docs/protocol.md §2.1), and adds
 //! `{moduleId}/get_command_status` and `{moduleId}/cancel_command` to every module.
 
 use std::path::PathBuf;
@@ -70,6 +70,35 @@ pub struct ModuleState {
     pub launches: u32,
     /// Why the last process ended or could not start.
     pub last_error: Option<String>,
+    /// Number of the current launch (1, 2, …; 0 before the first); commands
+    /// taken by a poll are tagged with it.
+    pub launch: u64,
+    /// The current launch's token (docs/protocol.md §4.1): polls and
+    /// module-side calls must carry it. `None` while no process of ours runs.
+    pub token: Option<String>,
+    /// Crashes in a row; reset once a launch has run for a while.
+    pub crashes: u32,
+    /// When the supervisor will launch the module again after a crash.
+    pub next_start: Option<SystemTime>,
+}
+
+/// How a module-side call identified itself against a module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// It carried the current launch's token: this launch.
+    Launch(u64),
+    /// It carried no token: a module started outside the server (allowed only
+    /// with `allow_external_modules`, or for calls that need no token).
+    Untokened,
+}
+
+/// Why a module-side call was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// The call carried a token that is not the current launch's: a process
+    /// from an earlier launch, or from an earlier server.
+    #[error("the launch token is not module {0}'s current one: this process is stale or foreign")]
+    Stale(String),
 }
 
 /// A module: its manifest and live state.
@@ -104,6 +133,10 @@ impl Module {
                 pid: None,
                 launches: 0,
                 last_error: None,
+                launch: 0,
+                token: None,
+                crashes: 0,
+                next_start: None,
             }),
         }
     }
@@ -133,6 +166,22 @@ impl Module {
         f(&mut self.state.lock())
     }
 
+    /// Checks the launch token a module-side call carried (from the header
+    /// or the queue name).
+    ///
+    /// # Errors
+    /// [`TokenError::Stale`] for a token that is not the current launch's.
+    pub fn caller(&self, token: Option<&str>) -> Result<Caller, TokenError> {
+        let state = self.state.lock();
+        match (token, state.token.as_deref()) {
+            (None, _) => Ok(Caller::Untokened),
+            (Some(given), Some(current)) if constant_time_eq(given, current) => {
+                Ok(Caller::Launch(state.launch))
+            }
+            (Some(_), _) => Err(TokenError::Stale(self.id().to_owned())),
+        }
+    }
+
     /// Records contact from the module (poll, reply, status update). A
     /// Starting module that polls is Started.
     pub fn seen(&self) {
@@ -142,6 +191,15 @@ impl Module {
             state.status = ModuleStatus::Started;
         }
     }
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// Which module serves a path, and how.

@@ -6,7 +6,16 @@
 //! commands at once, then relaunches it after a capped exponential backoff.
 //! Stop queues CodeProject's `quit` command, waits a short grace period, then
 //! signals the whole process group, so a module's own children go too.
-//! Launch rules of CodeProject.AI Server 2.9, see reference/codeproject-protocol.md §1 "Launch" and §3.
+//!
+//! Each launch gets a fresh token (docs/protocol.md §4.1): the module's polls
+//! must carry it, so a process from an earlier launch, or from an earlier
+//! server, can never take a command. A module dies with the server
+//! (`PR_SET_PDEATHSIG`), even when the server is killed outright. A started
+//! module that stops making contact while commands wait for it is declared
+//! unresponsive, its commands failed at once, and it is restarted. Modules
+//! get a clean environment: a base set of the server's variables, an
+//! allow-list, the `CPAI_*` variables and the manifest's.
+//! Launch rules of CodeProject.AI Server 2.9, docs/protocol.md §1.1 and §1.8.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,16 +23,17 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use modhost_protocol::{FailureKind, QueueItem, QUEUE_TOKEN_SEPARATOR, TOKEN_ENV};
 use modulesettings::{Macros, RuntimeLocation};
-use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::jobs::Jobs;
 use crate::logs::{LogLevel, LogService};
-use crate::queue::{QueueItem, Queues};
+use crate::queue::{Origin, Queues};
 use crate::registry::{Module, ModuleStatus};
 
 /// Time a module gets to act on `quit` before it is signalled.
@@ -33,8 +43,8 @@ const TERM_GRACE: Duration = Duration::from_secs(2);
 /// First restart delay after a crash; doubles per crash, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// A process that ran this long resets the backoff.
-const STABLE_RUN: Duration = Duration::from_secs(30);
+/// How often a running module is checked for silence and stability.
+const WATCH_TICK: Duration = Duration::from_secs(1);
 /// Longest an install script may run.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 /// Longest wait, after a module exits, for its last output lines to reach the log.
@@ -66,6 +76,13 @@ pub struct LaunchContext {
     pub root_path: PathBuf,
     /// Skip install scripts.
     pub no_install: bool,
+    /// Variables passed from the server's environment beyond the base set
+    /// (`config::MODULE_ENV_BASE`); a trailing `*` matches a prefix.
+    pub module_env: Vec<String>,
+    /// Silence, while commands wait, after which a module is unresponsive.
+    pub unresponsive_after: Duration,
+    /// Run time after which a relaunched module's crash count resets.
+    pub stable_run: Duration,
 }
 
 /// Sends start, stop and restart requests to the per-module tasks.
@@ -93,6 +110,7 @@ impl Supervisor {
         modules: &[Arc<Module>],
         ctx: Arc<LaunchContext>,
         queues: Arc<Queues>,
+        jobs: Arc<Jobs>,
         logs: Arc<crate::logs::LogService>,
         shutdown: CancellationToken,
     ) -> (Supervisor, SupervisorTasks) {
@@ -108,6 +126,7 @@ impl Supervisor {
                 module: Arc::clone(module),
                 ctx: Arc::clone(&ctx),
                 queues: Arc::clone(&queues),
+                jobs: Arc::clone(&jobs),
                 logs: Arc::clone(&logs),
                 controls: rx,
                 shutdown: shutdown.clone(),
@@ -143,6 +162,8 @@ struct Launched {
 /// How a running process stopped being watched.
 enum Ended {
     Exited(std::io::Result<ExitStatus>),
+    /// No contact for this long while commands waited for it.
+    Unresponsive(Duration),
     Stop,
     Restart,
     Shutdown,
@@ -152,6 +173,7 @@ struct ModuleTask {
     module: Arc<Module>,
     ctx: Arc<LaunchContext>,
     queues: Arc<Queues>,
+    jobs: Arc<Jobs>,
     logs: Arc<LogService>,
     controls: mpsc::Receiver<Control>,
     shutdown: CancellationToken,
@@ -200,6 +222,7 @@ impl ModuleTask {
                     self.module.update(|s| {
                         s.status = ModuleStatus::FailedStart;
                         s.wanted = false;
+                        s.token = None;
                         s.last_error = Some(problem);
                     });
                     continue;
@@ -208,6 +231,7 @@ impl ModuleTask {
             let launched = Instant::now();
             let pid = child.id();
 
+            let mut tick = tokio::time::interval(WATCH_TICK);
             let ended = loop {
                 tokio::select! {
                     exit = child.wait() => break Ended::Exited(exit),
@@ -218,85 +242,148 @@ impl ModuleTask {
                         None => break Ended::Shutdown,
                     },
                     _ = self.shutdown.cancelled() => break Ended::Shutdown,
+                    _ = tick.tick() => {
+                        if crashes > 0 && launched.elapsed() >= self.ctx.stable_run {
+                            crashes = 0;
+                            self.module.update(|s| s.crashes = 0);
+                        }
+                        if let Some(silence) = self.silence() {
+                            break Ended::Unresponsive(silence);
+                        }
+                    }
                 }
             };
 
-            match ended {
+            let (kind, why) = match ended {
                 Ended::Exited(exit) => {
-                    kill_group(pid, libc::SIGKILL);
-                    // First, so that no new request is queued for the dead
-                    // process after its commands are failed below.
-                    self.module.update(|s| {
-                        s.status = ModuleStatus::Crashed;
-                        s.pid = None;
-                    });
                     let how = match exit {
                         Ok(status) => status.to_string(),
                         Err(err) => format!("wait failed: {err}"),
                     };
-                    let ran = launched.elapsed();
-                    // The last lines it printed say why; they may still be in
-                    // the pipes, which close with the process group.
-                    let _ =
-                        tokio::time::timeout(OUTPUT_DRAIN, futures_util::future::join_all(output))
-                            .await;
-                    let mut message =
-                        format!("module {} exited unexpectedly ({how})", self.module.id());
-                    if let Some(cause) =
-                        self.logs
-                            .last_error_since(self.module.name(), log_id, CAUSE_WINDOW)
-                    {
-                        message.push_str("; the last error it logged: ");
-                        message.push_str(&cause);
-                    }
-                    let failed = self.queues.fail_module(
-                        self.module.id(),
-                        Some(&self.module.queue),
-                        &message,
-                    );
-                    crashes = if ran >= STABLE_RUN { 1 } else { crashes + 1 };
-                    let backoff = backoff(crashes);
-                    self.log(
-                        LogLevel::Error,
-                        &format!(
-                            "{message} after {:.1} s; {failed} request(s) failed; restarting in {:.1} s",
-                            ran.as_secs_f64(),
-                            backoff.as_secs_f64()
-                        ),
-                    );
-                    self.module.update(|s| {
-                        s.status = ModuleStatus::Restarting;
-                        s.last_error = Some(message.clone());
-                    });
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        control = self.controls.recv() => match control {
-                            Some(Control::Stop) => self.mark_stopped(),
-                            Some(Control::Start | Control::Restart) => {}
-                            None => return,
-                        },
-                        _ = self.shutdown.cancelled() => { self.mark_stopped(); return; }
-                    }
+                    (
+                        FailureKind::ModuleCrashed,
+                        format!("module {} exited unexpectedly ({how})", self.module.id()),
+                    )
                 }
+                Ended::Unresponsive(silence) => (
+                    FailureKind::ModuleUnresponsive,
+                    format!(
+                        "module {} stopped responding: no contact for {:.0} s while commands waited for it",
+                        self.module.id(),
+                        silence.as_secs_f64()
+                    ),
+                ),
                 Ended::Stop => {
                     self.stop(&mut child, pid).await;
                     self.mark_stopped();
+                    continue;
                 }
                 Ended::Restart => {
                     self.stop(&mut child, pid).await;
                     crashes = 0;
+                    self.module.update(|s| s.crashes = 0);
                     self.log(
                         LogLevel::Information,
                         &format!("restarting module {}", self.module.id()),
                     );
+                    continue;
                 }
                 Ended::Shutdown => {
                     self.stop(&mut child, pid).await;
                     self.module.update(|s| s.status = ModuleStatus::Stopped);
                     return;
                 }
+            };
+
+            // The process crashed or hung: kill what is left of it, fail its
+            // work, and relaunch after the backoff.
+            kill_group(pid, libc::SIGKILL);
+            if kind == FailureKind::ModuleUnresponsive {
+                let _ = child.wait().await;
             }
+            // First, so that no new request is queued for the dead process
+            // after its commands are failed below.
+            self.module.update(|s| {
+                s.status = ModuleStatus::Crashed;
+                s.pid = None;
+                s.token = None;
+            });
+            let ran = launched.elapsed();
+            // The last lines it printed say why; they may still be in the
+            // pipes, which close with the process group.
+            let _ =
+                tokio::time::timeout(OUTPUT_DRAIN, futures_util::future::join_all(output)).await;
+            let mut message = why;
+            if let Some(cause) =
+                self.logs
+                    .last_error_since(self.module.name(), log_id, CAUSE_WINDOW)
+            {
+                message.push_str("; the last error it logged: ");
+                message.push_str(&cause);
+            }
+            let failed = self.fail_work(kind, &message);
+            crashes = if ran >= self.ctx.stable_run {
+                1
+            } else {
+                crashes + 1
+            };
+            let backoff = backoff(crashes);
+            self.log(
+                LogLevel::Error,
+                &format!(
+                    "{message} after {:.1} s; {failed} request(s) failed; restarting in {:.1} s (crash {crashes} in a row)",
+                    ran.as_secs_f64(),
+                    backoff.as_secs_f64()
+                ),
+            );
+            self.module.update(|s| {
+                s.status = ModuleStatus::Restarting;
+                s.last_error = Some(message.clone());
+                s.crashes = crashes;
+                s.next_start = Some(std::time::SystemTime::now() + backoff);
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                control = self.controls.recv() => match control {
+                    Some(Control::Stop) => self.mark_stopped(),
+                    Some(Control::Start | Control::Restart) => {}
+                    None => return,
+                },
+                _ = self.shutdown.cancelled() => { self.mark_stopped(); return; }
+            }
+            self.module.update(|s| s.next_start = None);
         }
+    }
+
+    /// How long a started module has been silent, if that is longer than
+    /// the unresponsive limit while commands wait for it.
+    fn silence(&self) -> Option<Duration> {
+        let state = self.module.state();
+        if state.status != ModuleStatus::Started {
+            return None;
+        }
+        let silence = state.last_seen?.elapsed().ok()?;
+        (silence >= self.ctx.unresponsive_after
+            && self
+                .queues
+                .waiting_for(self.module.id(), &self.module.queue)
+                > 0)
+        .then_some(silence)
+    }
+
+    /// Fails the module's queued and in-flight commands and its running
+    /// jobs; returns how many requests were failed.
+    fn fail_work(&self, kind: FailureKind, message: &str) -> usize {
+        let jobs = self.jobs.fail_module(self.module.id(), kind, message);
+        if jobs > 0 {
+            tracing::info!(
+                module = self.module.id(),
+                jobs,
+                "running jobs failed: {message}"
+            );
+        }
+        self.queues
+            .fail_module(self.module.id(), Some(&self.module.queue), kind, message)
     }
 
     /// Marks the module Stopped and fails whatever is still queued for it
@@ -306,10 +393,11 @@ impl ModuleTask {
             s.status = ModuleStatus::Stopped;
             s.wanted = false;
             s.pid = None;
+            s.token = None;
+            s.next_start = None;
         });
         let message = format!("module {} was stopped", self.module.id());
-        self.queues
-            .fail_module(self.module.id(), Some(&self.module.queue), &message);
+        self.fail_work(FailureKind::ModuleStopped, &message);
     }
 
     /// Installs the module if needed, then spawns it with its output piped
@@ -324,23 +412,40 @@ impl ModuleTask {
             }
         }
         let (program, args) = resolve_command(&module, &self.ctx)?;
+        let token = uuid::Uuid::new_v4().simple().to_string();
         let mut command = Command::new(&program);
         command
             .args(&args)
             .current_dir(&dir)
+            .env_clear()
+            .envs(inherited_environment(&self.ctx.module_env))
             .envs(module_environment(&module, &self.ctx))
+            .env(TOKEN_ENV, &token)
+            // The unmodified CodeProject SDK polls `queue/<CPAI_MODULE_QUEUENAME>`:
+            // the token travels in the name (docs/protocol.md §4.1).
+            .env(
+                "CPAI_MODULE_QUEUENAME",
+                format!("{}{QUEUE_TOKEN_SEPARATOR}{token}", module.queue),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             // Its own process group, so stop and shutdown reach the module's children.
             .process_group(0);
-        // Starting before the spawn: the module's first poll, which makes it
-        // Started, may come before this task runs again.
-        module.update(|s| s.status = ModuleStatus::Starting);
-        let mut child = command
-            .spawn()
-            .map_err(|err| format!("cannot run {}: {err}", program.display()))?;
+        die_with_server(&mut command);
+        // Starting, with the new launch's token, before the spawn: the
+        // module's first poll, which makes it Started, may come before this
+        // task runs again.
+        module.update(|s| {
+            s.status = ModuleStatus::Starting;
+            s.launch += 1;
+            s.token = Some(token);
+        });
+        let mut child = command.spawn().map_err(|err| {
+            module.update(|s| s.token = None);
+            format!("cannot run {}: {err}", program.display())
+        })?;
         let pid = child.id();
         let log_id = self.log(
             LogLevel::Information,
@@ -409,16 +514,21 @@ impl ModuleTask {
             ),
         );
         let log_path = dir.join("install.log");
-        let mut child = Command::new("bash")
+        let mut command = Command::new("bash");
+        command
             .arg(&script)
             .current_dir(&dir)
+            .env_clear()
+            .envs(inherited_environment(&self.ctx.module_env))
             .envs(module_environment(&self.module, &self.ctx))
             .env("MODHOST_ROOT", &self.ctx.root_path)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
-            .process_group(0)
+            .process_group(0);
+        die_with_server(&mut command);
+        let mut child = command
             .spawn()
             .map_err(|err| format!("cannot run {}: {err}", script.display()))?;
         let name = self.module.name().to_owned();
@@ -484,14 +594,17 @@ impl ModuleTask {
         self.module.update(|s| s.status = ModuleStatus::Stopping);
         // CodeProject's quit: a command with value moduleId; modules post no
         // reply. The ticket is held so the command stays live until we are done.
-        let quit = QueueItem {
-            reqid: uuid::Uuid::new_v4().to_string(),
-            reqtype: "quit".into(),
-            payload: json!({"command": "quit", "moduleId": self.module.id(),
-                "values": [{"key": "moduleId", "value": [self.module.id()]}],
-                "files": [], "urlSegments": []}),
+        let quit = QueueItem::quit(uuid::Uuid::new_v4().to_string(), self.module.id());
+        let origin = Origin {
+            module_id: self.module.id().to_owned(),
+            route: String::new(),
+            command: modhost_protocol::QUIT_COMMAND.to_owned(),
         };
-        let ticket = self.queues.enqueue(&self.module.queue, quit).ok();
+        // The control lane: quit goes ahead of queued commands.
+        let ticket = self
+            .queues
+            .enqueue_control(&self.module.queue, quit, origin)
+            .ok();
         let exited = tokio::time::timeout(QUIT_GRACE, child.wait()).await.is_ok();
         drop(ticket);
         if !exited {
@@ -505,9 +618,9 @@ impl ModuleTask {
             }
         }
         kill_group(pid, libc::SIGKILL);
+        self.module.update(|s| s.token = None);
         let message = format!("module {} was stopped", self.module.id());
-        self.queues
-            .fail_module(self.module.id(), Some(&self.module.queue), &message);
+        self.fail_work(FailureKind::ModuleStopped, &message);
         self.log(LogLevel::Information, &message);
     }
 }
@@ -517,6 +630,47 @@ fn backoff(crashes: u32) -> Duration {
     FIRST_BACKOFF
         .saturating_mul(1 << crashes.saturating_sub(1).min(16))
         .min(MAX_BACKOFF)
+}
+
+/// Makes the child die with the server: `PR_SET_PDEATHSIG` delivers SIGKILL
+/// to it when the server's thread that spawned it ends (the supervisor runs
+/// on the main thread, so: when the server ends, killed or not). A server
+/// that died between the fork and the `prctl` is caught by comparing the
+/// parent's pid.
+fn die_with_server(command: &mut Command) {
+    // SAFETY: getpid is async-signal-safe; read before the fork.
+    let server = unsafe { libc::getpid() };
+    // SAFETY: the closure runs in the child between fork and exec and calls
+    // only async-signal-safe functions (prctl, getppid, raise).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != server {
+                libc::raise(libc::SIGKILL);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The variables of the server's own environment a module gets: the base
+/// set (`config::MODULE_ENV_BASE`) and those `allowed` names (a trailing `*`
+/// matches a prefix). Secrets in the server's environment stay there.
+pub fn inherited_environment(allowed: &[String]) -> Vec<(String, String)> {
+    let matches = |name: &str, pattern: &str| match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => name == pattern,
+    };
+    std::env::vars()
+        .filter(|(name, _)| {
+            crate::config::MODULE_ENV_BASE
+                .iter()
+                .any(|p| matches(name, p))
+                || allowed.iter().any(|p| matches(name, p))
+        })
+        .collect()
 }
 
 /// Signals the process group led by `pid` (children are spawned as group
@@ -709,6 +863,7 @@ async fn pipe_install(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// A module `Py` in `dir` run by `runtime` from `location`.
     fn python_module(dir: &Path, runtime: &str, location: &str) -> Module {
@@ -734,6 +889,9 @@ mod tests {
             macros: Macros::new(root.path(), platform.clone()),
             root_path: root.path().to_owned(),
             no_install: true,
+            module_env: Vec::new(),
+            unresponsive_after: Duration::from_secs(30),
+            stable_run: Duration::from_secs(30),
         };
         let interpreter = |runtime: &str, location: &str| {
             let (program, args) =
@@ -758,6 +916,21 @@ mod tests {
         let shared = venv(&root.path().join("runtimes"));
         assert_eq!(interpreter("python3.11", "Shared"), shared);
         assert_eq!(interpreter("python3.11", "System"), Path::new("python3.11"));
+    }
+
+    #[test]
+    fn only_allowed_variables_of_the_server_reach_a_module() {
+        // PATH is in every test environment; the rest are made up here and
+        // read by no other test.
+        std::env::set_var("MODHOST_TEST_SECRET_TOKEN", "s3cret");
+        std::env::set_var("MODHOST_TEST_ALLOWED_A", "a");
+        let env = inherited_environment(&["MODHOST_TEST_ALLOWED_*".into()]);
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(names.contains(&"PATH"), "{names:?}");
+        assert!(names.contains(&"MODHOST_TEST_ALLOWED_A"), "{names:?}");
+        assert!(!names.contains(&"MODHOST_TEST_SECRET_TOKEN"), "{names:?}");
+        std::env::remove_var("MODHOST_TEST_SECRET_TOKEN");
+        std::env::remove_var("MODHOST_TEST_ALLOWED_A");
     }
 
     #[test]

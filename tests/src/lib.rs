@@ -5,6 +5,8 @@
 //! --workspace` builds them: the packages that own them have integration
 //! tests). Layout:
 //! - [`Server`]: a running `modhost` process, stopped with SIGTERM on drop;
+//! - [`InProcess`]: the server run in this test process through
+//!   `modhost::run`, for tests of HTTP behaviour;
 //! - [`ModuleDir`]: a module directory assembled for a test;
 //! - [`python_venv`]: the virtual environment with the official CodeProject.AI
 //!   Python SDK, created on first use;
@@ -215,16 +217,90 @@ pub fn python_venv() -> Result<PathBuf> {
     Ok(venv)
 }
 
+/// The server run inside the test process (`modhost::run` on its own thread
+/// and actix system), on a free port, with a temporary modules and log
+/// directory: for tests of HTTP behaviour. Modules it launches are still
+/// real processes (they die with that thread).
+pub struct InProcess {
+    api: Api,
+    /// Holds `modules/` and `logs/`.
+    pub root: tempfile::TempDir,
+    shutdown: tokio_util::sync::CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl InProcess {
+    /// Starts the server over `root` (made by [`Server::root`]) with `args`
+    /// as on the command line (after `--port 0`, `--modules-dir` and
+    /// `--log-dir`, so they may override nothing of those).
+    pub fn start(root: tempfile::TempDir, args: &[&str]) -> Result<InProcess> {
+        use clap::Parser as _;
+        let modules = root.path().join("modules").display().to_string();
+        let logs = root.path().join("logs").display().to_string();
+        let mut argv = vec!["modhost", "--modules-dir", &modules, "--log-dir", &logs];
+        argv.extend_from_slice(args);
+        let config = modhost::Config::from_cli(modhost::Cli::try_parse_from(argv)?)?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let stop = shutdown.clone();
+        let thread = std::thread::Builder::new()
+            .name("modhost-in-process".into())
+            .spawn(move || {
+                let served =
+                    actix_web::rt::System::new().block_on(modhost::run(listener, config, stop));
+                if let Err(err) = served {
+                    eprintln!("in-process modhost failed: {err:#}");
+                }
+            })?;
+        Ok(InProcess {
+            api: Api::new(port)?,
+            root,
+            shutdown,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// A running `modhost` with its own temporary root directory.
 pub struct Server {
     child: Option<Child>,
-    /// `http://127.0.0.1:PORT`.
-    pub base: String,
+    api: Api,
     /// The server's root (its current directory): `modules/`, `logs/`.
     pub root: tempfile::TempDir,
+    output: Arc<Mutex<Vec<String>>>,
+}
+
+/// An HTTP client of one server, with the requests tests make often; both
+/// [`Server`] and [`InProcess`] dereference to it.
+pub struct Api {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
     /// A client for requests to `base`.
     pub http: reqwest::Client,
-    output: Arc<Mutex<Vec<String>>>,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl std::ops::Deref for InProcess {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 impl Server {
@@ -238,7 +314,54 @@ impl Server {
     /// Starts `modhost` in `root` on a free port with `args` added, and waits
     /// until it listens.
     pub async fn start(root: tempfile::TempDir, args: &[&str]) -> Result<Server> {
-        let mut child = Command::new(binary("modhost"))
+        Self::start_with(root, args, &[], None).await
+    }
+
+    /// [`Server::start`] with these variables added to the server's
+    /// environment.
+    pub async fn start_with_env(
+        root: tempfile::TempDir,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Server> {
+        Self::start_with(root, args, env, None).await
+    }
+
+    /// [`Server::start`] with the server's open-file limit set to
+    /// `(soft, hard)` first.
+    pub async fn start_with_limits(
+        root: tempfile::TempDir,
+        args: &[&str],
+        open_files: Option<(u64, u64)>,
+    ) -> Result<Server> {
+        Self::start_with(root, args, &[], open_files).await
+    }
+
+    async fn start_with(
+        root: tempfile::TempDir,
+        args: &[&str],
+        env: &[(&str, &str)],
+        open_files: Option<(u64, u64)>,
+    ) -> Result<Server> {
+        let mut command = Command::new(binary("modhost"));
+        if let Some((soft, hard)) = open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
+            .envs(env.iter().copied())
             .current_dir(root.path())
             .args(["--port", "0"])
             .args(args)
@@ -296,11 +419,8 @@ impl Server {
         };
         Ok(Server {
             child: Some(child),
-            base: format!("http://127.0.0.1:{port}"),
+            api: Api::new(port)?,
             root,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()?,
             output,
         })
     }
@@ -310,14 +430,26 @@ impl Server {
         self.child.as_ref().map(Child::id)
     }
 
-    /// `base` + `path`.
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-
     /// Everything the server printed so far.
     pub fn output(&self) -> String {
         self.output.lock().unwrap().join("\n")
+    }
+}
+
+impl Api {
+    /// A client of the server on `port` of this machine.
+    pub fn new(port: u16) -> Result<Api> {
+        Ok(Api {
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()?,
+        })
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
     }
 
     /// GET a JSON document.
@@ -352,6 +484,42 @@ impl Server {
         Ok(pid as u32)
     }
 
+    /// The environment `module_id`'s process was started with, read from
+    /// `/proc/<pid>/environ`: what the server passed it.
+    pub async fn module_env(
+        &self,
+        module_id: &str,
+    ) -> Result<std::collections::HashMap<String, String>> {
+        let pid = self.module_pid(module_id).await?;
+        let raw = std::fs::read(format!("/proc/{pid}/environ"))
+            .with_context(|| format!("reading the environment of {module_id} (pid {pid})"))?;
+        Ok(raw
+            .split(|&b| b == 0)
+            .filter_map(|var| {
+                let var = String::from_utf8_lossy(var);
+                var.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            })
+            .collect())
+    }
+
+    /// How `module_id`'s process reaches the server, from the environment the
+    /// server gave it: the test can then play that module.
+    pub async fn module_side(&self, module_id: &str) -> Result<ModuleSide> {
+        let env = self.module_env(module_id).await?;
+        let var = |name: &str| {
+            env.get(name)
+                .cloned()
+                .with_context(|| format!("{module_id} has no {name}"))
+        };
+        Ok(ModuleSide {
+            base: format!("http://127.0.0.1:{}/v1", var("CPAI_PORT")?),
+            module_id: module_id.to_owned(),
+            queue: var("CPAI_MODULE_QUEUENAME")?,
+            token: var("MODHOST_MODULE_TOKEN")?,
+        })
+    }
+
     /// Sets `module_id`'s AutoStart, as the dashboard's Start and Stop do:
     /// `POST /v1/server/settings/{id}`; the HTTP status and the JSON body.
     pub async fn set_autostart(&self, module_id: &str, on: bool) -> Result<(u16, Value)> {
@@ -377,15 +545,14 @@ impl Server {
                 return Ok(entry);
             }
             if Instant::now() > deadline {
-                bail!(
-                    "{module_id} did not reach {status} within {timeout:?}; last: {entry}\nserver output:\n{}",
-                    self.output()
-                );
+                bail!("{module_id} did not reach {status} within {timeout:?}; last: {entry}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
 
+impl Server {
     /// Sends SIGTERM and waits for the process to exit; returns its status.
     pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
         self.stop_with(libc::SIGTERM)
@@ -410,6 +577,40 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// The module end of the protocol for a module the server launched, as its
+/// environment says: its listener, queue name (with the launch token) and
+/// token.
+#[derive(Debug, Clone)]
+pub struct ModuleSide {
+    /// `http://127.0.0.1:<CPAI_PORT>/v1`.
+    pub base: String,
+    pub module_id: String,
+    /// `CPAI_MODULE_QUEUENAME`: `<queue>~<token>`.
+    pub queue: String,
+    /// `MODHOST_MODULE_TOKEN`.
+    pub token: String,
+}
+
+impl ModuleSide {
+    /// The long-poll URL, as the CodeProject Python SDK builds it.
+    pub fn poll_url(&self) -> String {
+        format!(
+            "{}/queue/{}?moduleId={}",
+            self.base, self.queue, self.module_id
+        )
+    }
+
+    /// The URL a reply to `reqid` is posted to.
+    pub fn reply_url(&self, reqid: &str) -> String {
+        format!("{}/queue/{reqid}?moduleId={}", self.base, self.module_id)
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The real `modhost` binary against bad input, with the test itself playing
 //! the module: a manifest launches `sleep`, and the test long-polls the queue
-//! and posts replies as a module would (reference/codeproject-protocol.md §1).
+//! and posts replies as a module would (docs/protocol.md §1), with the port,
+//! queue name and token the server gave that process.
 
 use std::time::{Duration, Instant};
 
@@ -33,12 +34,8 @@ async fn server_with(manifests: &[(&str, &str)], args: &[&str]) -> Server {
 
 /// Polls the Fake module's queue once, as the module would.
 async fn poll(server: &Server) -> Option<Value> {
-    let response = server
-        .http
-        .get(server.url("/v1/queue/fake_queue?moduleId=Fake"))
-        .send()
-        .await
-        .unwrap();
+    let side = server.module_side("Fake").await.unwrap();
+    let response = server.http.get(side.poll_url()).send().await.unwrap();
     match response.status().as_u16() {
         200 => Some(response.json().await.unwrap()),
         204 => None,
@@ -62,12 +59,24 @@ fn send_work(server: &Server, path: &str, form: &[(&str, &str)]) -> tokio::task:
     tokio::spawn(async move { request.send().await.unwrap().json::<Value>().await.unwrap() })
 }
 
+/// The Fake module's end of the protocol, once its process runs.
+async fn fake_side(server: &Server) -> modhost_tests::ModuleSide {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(side) = server.module_side("Fake").await {
+            return side;
+        }
+        assert!(Instant::now() < deadline, "Fake never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn started_fake(args: &[&str]) -> Server {
     let server = server_with(&[("Fake", FAKE_MODULE)], args).await;
     // The first poll marks the module Started; it returns 204 after ≤10 s at
     // most, so run it in the background.
     let http = server.http.clone();
-    let url = server.url("/v1/queue/fake_queue?moduleId=Fake");
+    let url = fake_side(&server).await.poll_url();
     let first = tokio::spawn(async move { http.get(url).send().await });
     server
         .wait_for_status("Fake", "Started", Duration::from_secs(20))
@@ -103,7 +112,7 @@ async fn command_round_trip_through_a_module_that_polls() {
     // The Python SDK posts its reply as text/plain: any content type is fine.
     let saved = server
         .http
-        .post(server.url(&format!("/v1/queue/{reqid}?moduleId=Fake")))
+        .post(fake_side(&server).await.reply_url(reqid))
         .header("Content-Type", "text/plain; charset=utf-8")
         .body(
             json!({"success": true, "answer": 42, "moduleId": "Fake", "command": "work"})
@@ -240,7 +249,7 @@ async fn garbage_or_unknown_replies_from_a_module_are_refused_clearly() {
     // A reply for a reqid nobody waits for.
     let r = server
         .http
-        .post(server.url("/v1/queue/no-such-reqid?moduleId=Fake"))
+        .post(fake_side(&server).await.reply_url("no-such-reqid"))
         .body("{}")
         .send()
         .await
@@ -326,14 +335,22 @@ async fn poll_seen(server: &Server, before: Option<String>) -> String {
 async fn a_poll_whose_client_went_away_is_not_handed_a_command() {
     use tokio::io::AsyncWriteExt;
     let server = started_fake(&[]).await;
+    let side = fake_side(&server).await;
     // A module poll whose process dies while it waits: the request is sent,
     // then the connection is closed, before any command exists.
-    let addr = server.base.trim_start_matches("http://").to_owned();
+    let addr = side
+        .base
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1")
+        .to_owned();
     let mut gone = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let seen = poll_seen(&server, None).await;
     gone.write_all(
-        format!("GET /v1/queue/fake_queue?moduleId=Fake HTTP/1.1\r\nHost: {addr}\r\n\r\n")
-            .as_bytes(),
+        format!(
+            "GET /v1/queue/{}?moduleId=Fake HTTP/1.1\r\nHost: {addr}\r\n\r\n",
+            side.queue
+        )
+        .as_bytes(),
     )
     .await
     .unwrap();
@@ -342,7 +359,7 @@ async fn a_poll_whose_client_went_away_is_not_handed_a_command() {
     // A live poll waits behind the dead one.
     let live = {
         let http = server.http.clone();
-        let url = server.url("/v1/queue/fake_queue?moduleId=Fake");
+        let url = side.poll_url();
         tokio::spawn(async move { http.get(url).send().await.unwrap() })
     };
     poll_seen(&server, Some(seen)).await;
@@ -356,7 +373,7 @@ async fn a_poll_whose_client_went_away_is_not_handed_a_command() {
     let reqid = item["reqid"].as_str().unwrap().to_owned();
     server
         .http
-        .post(server.url(&format!("/v1/queue/{reqid}")))
+        .post(side.reply_url(&reqid))
         .body(r#"{"success":true,"moduleId":"Fake"}"#)
         .send()
         .await
@@ -676,15 +693,20 @@ async fn a_module_gets_its_environment_and_a_quit_command_when_stopped() {
     let text = std::fs::read_to_string(&env_file).unwrap();
     let env: std::collections::HashMap<&str, &str> =
         text.lines().filter_map(|l| l.split_once('=')).collect();
-    let port = server.base.rsplit(':').next().unwrap();
     let module_dir = dir.display().to_string();
     let models = format!("{module_dir}/models");
+    // Modules talk to their own loopback listener, not the client port, and
+    // poll with a queue name that carries this launch's token.
+    let port = env["CPAI_PORT"];
+    assert_ne!(port, server.base.rsplit(':').next().unwrap());
+    let token = env["MODHOST_MODULE_TOKEN"];
+    assert_eq!(token.len(), 32, "{token}");
+    let queue = format!("envy_queue~{token}");
     for (key, expected) in [
-        ("CPAI_PORT", port),
         ("CPAI_MODULE_ID", "Envy"),
         ("CPAI_MODULE_NAME", "Envy Module"),
         ("CPAI_MODULE_PATH", &module_dir),
-        ("CPAI_MODULE_QUEUENAME", "envy_queue"),
+        ("CPAI_MODULE_QUEUENAME", &queue),
         ("CPAI_MODULE_PARALLELISM", "3"),
         ("CPAI_LOG_VERBOSITY", "Loud"),
         ("CPAI_MODULE_ENABLE_GPU", "True"),
@@ -700,7 +722,7 @@ async fn a_module_gets_its_environment_and_a_quit_command_when_stopped() {
     let pid = server.module_pid("Envy").await.unwrap();
     let poll = {
         let http = server.http.clone();
-        let url = server.url("/v1/queue/envy_queue?moduleId=Envy");
+        let url = server.module_side("Envy").await.unwrap().poll_url();
         tokio::spawn(async move { http.get(url).send().await.unwrap() })
     };
     server

@@ -4,12 +4,12 @@
 //! A chat is validated and started at once (bad values, a prompt longer than
 //! the context or `max_tokens` beyond it are answered immediately as errors);
 //! it then runs as the SDK's long process, appending each piece to the reply
-//! that `get_command_status` returns, until the model ends it, `max_tokens` or
-//! a stop string is reached, or `cancel_command` stops it before the next
-//! token. Behaviour of CodeProject.AI's LlamaChat, reference/codeproject-protocol.md
-//! §4, plus `top_p`, `top_k`, `seed`, `stop` and token statistics.
+//! that `get_command_status` returns (and that modhost streams), until the
+//! model ends it, `max_tokens` or a stop string is reached, or
+//! `cancel_command` stops it before the next token. Behaviour of
+//! CodeProject.AI's LlamaChat (see modules/llama_chat/README.md), plus
+//! `top_p`, `top_k`, `seed`, `stop` and token statistics.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use modhost_sdk::{
@@ -34,13 +34,12 @@ pub const DEFAULT_TEMPERATURE: f64 = 0.4;
 /// The command of route `text/chat`.
 pub const CHAT_COMMAND: &str = "prompt";
 
-/// The chat that is running: what `get_command_status` and `cancel_command`
-/// need while the long process owns the [`Generation`].
+/// The chat that is running: what `cancel_command` needs while the long
+/// process owns the [`Generation`]. The reply so far and the token count
+/// live in the SDK's [`CommandHandle`], which serves `get_command_status`
+/// and pushes them to the server.
 struct Running {
     command_id: String,
-    /// The reply so far; appended per piece, copied only when polled.
-    reply: Arc<Mutex<String>>,
-    completion_tokens: Arc<AtomicU32>,
     cancel: CancelToken,
 }
 
@@ -106,16 +105,15 @@ impl LlamaChat {
         let command_id = request.request_id().to_owned();
         let running = Arc::clone(&self.running);
         Ok(Outcome::Long(Box::new(move |cmd: &CommandHandle| {
-            let reply = Arc::<Mutex<String>>::default();
-            let tokens = Arc::<AtomicU32>::default();
             *running.lock() = Some(Running {
                 command_id: command_id.clone(),
-                reply: Arc::clone(&reply),
-                completion_tokens: Arc::clone(&tokens),
                 cancel: generation.cancel_token(),
             });
-            let result = follow(cmd, &generation, &reply, &tokens).map(|summary| {
-                let text = reply.lock().clone();
+            let result = follow(cmd, &generation).map(|summary| {
+                let text = match cmd.published().remove("reply") {
+                    Some(Value::String(text)) => text,
+                    _ => String::new(),
+                };
                 final_result(text, &summary, &model)
             });
             let mut running = running.lock();
@@ -127,18 +125,15 @@ impl LlamaChat {
     }
 }
 
-/// Reads the generation's events into `reply` until it ends.
-fn follow(
-    cmd: &CommandHandle,
-    generation: &Generation,
-    reply: &Mutex<String>,
-    tokens: &AtomicU32,
-) -> Result<Summary, ModuleError> {
+/// Publishes the generation's pieces on `cmd` until it ends.
+fn follow(cmd: &CommandHandle, generation: &Generation) -> Result<Summary, ModuleError> {
+    let mut tokens: u32 = 0;
     loop {
         match generation.recv() {
             GenerationEvent::Piece(piece) => {
-                reply.lock().push_str(&piece);
-                tokens.fetch_add(1, Ordering::Relaxed);
+                cmd.append_reply(&piece);
+                tokens += 1;
+                cmd.update("completion_tokens", tokens.into());
                 // The cancel hook already stopped the generation; this covers
                 // a cancel that came before the hook could see the chat.
                 if cmd.is_cancelled() {
@@ -301,17 +296,6 @@ impl ModuleRunner for LlamaChat {
             other => Err(ModuleError::new(format!(
                 "unknown command '{other}': LlamaChat handles '{CHAT_COMMAND}' (route text/chat)"
             ))),
-        }
-    }
-
-    fn command_status(&self, command_id: &str) -> Map<String, Value> {
-        let running = self.running.lock();
-        match running.as_ref().filter(|r| r.command_id == command_id) {
-            Some(r) => json_object(json!({
-                "reply": r.reply.lock().clone(),
-                "completion_tokens": r.completion_tokens.load(Ordering::Relaxed),
-            })),
-            None => Map::new(),
         }
     }
 

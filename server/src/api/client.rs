@@ -1,20 +1,39 @@
 //! `POST /v1/{route}[/{extra}]`: a client request becomes a command on the
 //! module's queue, and the module's reply comes back with
-//! `analysisRoundTripMs`, `processedBy` and `timestampUTC` added.
-//! Reference §2 "POST /v1/{route}".
+//! `analysisRoundTripMs`, `processedBy` and `timestampUTC` added
+//! (docs/protocol.md §2.1–§2.3).
+//!
+//! The one-call streaming form (docs/protocol.md §4.4): with `stream=true`
+//! among the values, or `Accept: text/event-stream`, the answer is the job's
+//! Server-Sent Events instead: the module's first reply as a `status` event,
+//! then its deltas, then `done` or `error`. A command that is not a long
+//! process streams its reply as one `done` event.
 
 use std::time::{Instant, SystemTime};
 
-use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::{json, Value};
+use actix_web::{web, Either, HttpRequest, HttpResponse, Responder};
+use modhost_protocol::{JsonMap, ReplyMeta};
+use serde_json::json;
 
-use crate::error::ApiError;
-use crate::payload;
-use crate::queue::QueueItem;
+use crate::error::{failure_json, ApiError};
+use crate::payload::{self, BodyLimits};
 use crate::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.default_service(web::to(command));
+}
+
+/// True when the client asks for the one-call streaming form.
+fn wants_stream(req: &HttpRequest, values: &payload::RequestValues) -> bool {
+    let accepts = req
+        .headers()
+        .get(actix_web::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    let flag = values
+        .get("stream")
+        .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes"));
+    accepts || flag
 }
 
 #[tracing::instrument(name = "request", skip_all, fields(path = %req.path()))]
@@ -22,7 +41,7 @@ async fn command(
     state: web::Data<AppState>,
     req: HttpRequest,
     body: web::Payload,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Either<HttpResponse, impl Responder>, ApiError> {
     let started = Instant::now();
     let path = req.path().trim_start_matches("/v1").trim_start_matches('/');
     let method = req.method().as_str();
@@ -31,61 +50,50 @@ async fn command(
             "no route matches {method} /v1/{path}"
         )));
     };
-    let values = payload::parse(
-        req.query_string(),
-        req.headers(),
-        body,
-        state.config.max_body_bytes,
-    )
-    .await?;
+    let limits = BodyLimits {
+        max_bytes: state.config.max_body_bytes,
+        max_fields: state.config.max_form_fields,
+        read_timeout: state.config.body_read_timeout,
+    };
+    let values = payload::parse(req.query_string(), req.headers(), body, limits).await?;
     if let Some(route) = &target.route {
         payload::validate(&route.route, &route.inputs, &values)?;
     }
+    let stream = wants_stream(&req, &values);
+    let module = std::sync::Arc::clone(&target.module);
 
-    let module = &target.module;
-    let module_state = module.state();
-    let status = module_state.status;
-    if !status.accepts_commands() {
-        let mut message = format!(
-            "module '{}' is not running (status: {status:?})",
-            module.id()
-        );
-        if let Some(why) = &module_state.last_error {
-            message.push_str(": ");
-            message.push_str(why);
+    let reply = match state.commands.run(target, values).await {
+        Ok(reply) => reply,
+        Err(failure) if stream => {
+            return Ok(Either::Left(one_event("error", &failure_json(&failure))));
         }
-        return Err(ApiError::Command {
-            message,
-            retry: Some(5),
-        });
+        Err(failure) => return Err(failure.into()),
+    };
+    let reply = with_timing(reply, started);
+    if !stream {
+        return Ok(Either::Left(HttpResponse::Ok().json(reply)));
     }
+    let meta = ReplyMeta::read(&reply);
+    let job = meta
+        .starts_long_process()
+        .then(|| meta.command_id.as_deref().and_then(|id| state.jobs.get(id)))
+        .flatten();
+    let Some(job) = job else {
+        let name = if meta.success { "done" } else { "error" };
+        return Ok(Either::Left(one_event(
+            name,
+            &serde_json::Value::Object(reply),
+        )));
+    };
+    let cancel = (!state.config.keep_jobs_on_disconnect).then_some(module);
+    Ok(Either::Right(super::jobs::stream(
+        &state, req, job, 0, cancel,
+    )))
+}
 
-    let reqid = uuid::Uuid::new_v4().to_string();
-    tracing::debug!(%reqid, module = module.id(), command = %target.command, "queueing command");
-    let item = QueueItem {
-        reqid: reqid.clone(),
-        reqtype: target.command.clone(),
-        payload: values.into_payload(&target.command, target.url_segments),
-    };
-    let ticket = state
-        .queues
-        .enqueue(&module.queue, item)
-        .map_err(|err| ApiError::Command {
-            message: err.to_string(),
-            retry: Some(1),
-        })?;
-    let result = ticket
-        .wait(state.config.request_timeout)
-        .await
-        .ok_or_else(|| ApiError::command(format!("The request timed out (#reqid {reqid})")))?;
-    let mut reply = match result.map_err(ApiError::command)? {
-        Value::Object(map) => map,
-        _ => {
-            return Err(ApiError::command(format!(
-                "Invalid JSON response from backend: not an object (#reqid {reqid})"
-            )))
-        }
-    };
+/// The reply with CodeProject's `analysisRoundTripMs`, `processedBy` and
+/// `timestampUTC` added.
+fn with_timing(mut reply: JsonMap, started: Instant) -> JsonMap {
     reply.insert(
         "analysisRoundTripMs".into(),
         json!(started.elapsed().as_millis() as u64),
@@ -95,5 +103,13 @@ async fn command(
         "timestampUTC".into(),
         json!(httpdate::fmt_http_date(SystemTime::now())),
     );
-    Ok(HttpResponse::Ok().json(reply))
+    reply
+}
+
+/// A complete SSE answer of one event.
+fn one_event(name: &str, data: &serde_json::Value) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .body(format!("id: 1\nevent: {name}\ndata: {data}\n\n"))
 }

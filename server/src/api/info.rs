@@ -1,6 +1,6 @@
 //! Server and module information for the explorer and dashboard: status,
 //! version, system figures, module lists, module settings (start/stop/restart).
-//! Shapes of CodeProject.AI Server 2.9, reference §2 "Server endpoints".
+//! Shapes of CodeProject.AI Server 2.9, docs/protocol.md §2.4.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -31,7 +31,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/server/settings/{module_id}",
             web::post().to(change_setting),
         )
-        .route("/server/settings/{module_id}", web::get().to(get_settings));
+        .route("/server/settings/{module_id}", web::get().to(get_settings))
+        .route("/log/list", web::get().to(list_log));
 }
 
 /// `{"message":"2.9.6","version":{...}}`: the CodeProject API version modhost
@@ -88,8 +89,10 @@ fn rfc3339(t: Option<SystemTime>) -> Value {
 }
 
 /// One module's status entry, as `/v1/module/list/status` lists it; `queued`
-/// (commands waiting in its queue) is a modhost extension.
-fn status_entry(module: &Module, queued: usize) -> Value {
+/// (commands waiting in its queue), `crashes` (in a row), `nextStart` (the
+/// next launch after a crash), `runningJobs` and `pid` are modhost
+/// extensions.
+fn status_entry(module: &Module, queued: usize, running_jobs: Vec<Value>) -> Value {
     let s = module.state();
     let settings = &module.manifest.settings;
     let device = s
@@ -120,6 +123,9 @@ fn status_entry(module: &Module, queued: usize) -> Value {
         "launches": s.launches,
         "pid": s.pid,
         "lastError": s.last_error,
+        "crashes": s.crashes,
+        "nextStart": rfc3339(s.next_start),
+        "runningJobs": running_jobs,
         "downloadableModels": [],
         "menus": [],
         "installSummary": "",
@@ -133,7 +139,20 @@ async fn list_status(state: web::Data<AppState>) -> HttpResponse {
         .registry
         .modules()
         .iter()
-        .map(|m| status_entry(m, state.queues.len(&m.queue)))
+        .map(|m| {
+            let running: Vec<Value> = state
+                .jobs
+                .list(Some(m.id()), None)
+                .iter()
+                .filter(|j| !j.status().is_final())
+                .map(|j| {
+                    let v = j.view();
+                    json!({"id": v.id, "status": v.status, "createdAt": v.created_at,
+                           "chars": v.reply.chars().count(), "tokens": v.fields.get("tokens")})
+                })
+                .collect();
+            status_entry(m, state.queues.len(&m.queue), running)
+        })
         .collect();
     HttpResponse::Ok().json(envelope(json!({"statuses": statuses})))
 }
@@ -234,7 +253,9 @@ async fn change_setting(
     state
         .supervisor
         .control(module.id(), control)
-        .map_err(ApiError::command)?;
+        .map_err(|message| {
+            ApiError::failure(modhost_protocol::FailureKind::ModuleNotRunning, message)
+        })?;
     Ok(HttpResponse::Ok().json(envelope(json!({
         "message": format!("{control:?} requested for module {}", module.id()),
     }))))
@@ -249,4 +270,31 @@ async fn get_settings(
         "settings": {"autoStart": module.state().wanted},
         "environmentVariables": module.manifest.settings.environment_variables,
     }))))
+}
+
+#[derive(Deserialize)]
+struct LogListQuery {
+    count: Option<usize>,
+    last_id: Option<u64>,
+    /// modhost extension: only entries of this module (id or name).
+    #[serde(rename = "moduleId")]
+    module_id: Option<String>,
+}
+
+async fn list_log(state: web::Data<AppState>, query: web::Query<LogListQuery>) -> HttpResponse {
+    let count = query.count.unwrap_or(10).min(crate::logs::LOG_CAPACITY);
+    let category = query.module_id.as_deref().map(|id| {
+        state
+            .registry
+            .get(id)
+            .map_or_else(|| id.to_owned(), |m| m.name().to_owned())
+    });
+    let mut entries = state.logs.list(query.last_id.unwrap_or(0), usize::MAX);
+    if let Some(category) = &category {
+        entries.retain(|e| e.category.eq_ignore_ascii_case(category));
+    }
+    // The newest `count`: a live tail that fell behind skips to the present.
+    let skip = entries.len().saturating_sub(count);
+    entries.drain(..skip);
+    HttpResponse::Ok().json(envelope(json!({"entries": entries})))
 }

@@ -1,15 +1,20 @@
 //! HTTP endpoints under `/v1`, wire-compatible with CodeProject.AI Server 2.9
-//! (reference/codeproject-protocol.md §1-2).
+//! (docs/protocol.md §1–§2), plus modhost's jobs (§4).
 //!
 //! Layout:
-//! - `module_side`: what modules call: long-poll queue, replies, status, logs;
-//! - `info`: server status, module lists and settings for the explorer and dashboard;
+//! - `module_side`: what modules call: long-poll queue, replies, status,
+//!   progress pushes, logs;
+//! - `info`: server status, module lists, settings and the log for the
+//!   explorer and dashboard;
+//! - `jobs`: the jobs API and its event streams;
 //! - `client`: the catch-all `POST /v1/{route}` that turns requests into commands.
 //!
-//! Order matters: the specific routes are registered before the catch-all.
+//! Order matters: the specific routes are registered before the catch-all, so
+//! they take precedence over a module route of the same path.
 
 mod client;
 mod info;
+mod jobs;
 mod module_side;
 
 use actix_web::web;
@@ -20,6 +25,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::scope("/v1")
             .configure(module_side::configure)
             .configure(info::configure)
+            .configure(jobs::configure)
             .configure(client::configure),
     );
+}
+
+/// Registers only what modules call, for the modules' own listener.
+pub fn configure_module_side(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::scope("/v1").configure(module_side::configure));
 }

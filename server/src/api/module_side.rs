@@ -1,22 +1,39 @@
-//! Endpoints modules call: `GET /v1/queue/{queue}` (long poll),
-//! `POST /v1/queue/{reqid}` (reply), `POST /v1/queue/updatemodulestatus/{moduleId}`,
-//! `POST /v1/log/` and `GET /v1/log/list`. Reference §1.
+//! Endpoints modules call (docs/protocol.md §1.2–§1.6, §4.1, §4.2):
+//! `GET /v1/queue/{queue}` (long poll), `POST /v1/queue/{reqid}` (reply),
+//! `POST /v1/queue/updatemodulestatus/{moduleId}`,
+//! `POST /v1/queue/progress/{commandId}` (modhost's progress push) and
+//! `POST /v1/log/`.
+//!
+//! Who may call them: a module proves it is the current launch with its
+//! launch token, in the `X-Modhost-Token` header or after `~` in the queue
+//! name it polls. Polls and pushes need it; a reply needs either it or the
+//! `reqid`, which only the poll that took the command learned. Status updates
+//! and log entries without a token are taken from this machine only, since
+//! the unmodified Python SDK cannot send one. `allow_external_modules` lets
+//! modules started outside the server poll without a token.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::StreamExt;
+use modhost_protocol::{
+    split_queue_token, Failure, FailureKind, JsonMap, ProgressUpdate, TOKEN_HEADER,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::logs::LogLevel;
-use crate::registry::Module;
+use crate::logs::{LogLevel, MAX_ENTRY_BYTES};
+use crate::queue::Taker;
+use crate::registry::{Caller, Module, ModuleStatus};
 use crate::{envelope, AppState};
 
-/// Longest a poll is held before it is answered 204 (reference §1: ≤ 10 s,
-/// below the SDKs' 15 s client timeout).
+/// Longest a poll is held before it is answered 204 (docs/protocol.md §1.2:
+/// ≤ 10 s, below the SDKs' 15 s client timeout).
 pub const POLL_WAIT: Duration = Duration::from_secs(10);
+
+/// Largest `POST /v1/log/` body, in bytes: an entry of [`MAX_ENTRY_BYTES`]
+/// once urlencoded, plus its other fields.
+const LOG_BODY_LIMIT: usize = 4 * MAX_ENTRY_BYTES;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route(
@@ -27,21 +44,83 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         "/queue/updatemodulestatus",
         web::post().to(update_status_without_id),
     )
+    .route("/queue/progress/{command_id}", web::post().to(progress))
     .route("/queue/{queue}", web::get().to(poll))
     .route("/queue/{reqid}", web::post().to(reply))
-    .route("/log", web::post().to(add_log))
-    .route("/log/", web::post().to(add_log))
-    .route("/log/list", web::get().to(list_log));
+    .service(
+        web::resource(["/log", "/log/"])
+            .app_data(
+                web::FormConfig::default()
+                    .limit(LOG_BODY_LIMIT)
+                    .error_handler(|err, _| match err {
+                        actix_web::error::UrlencodedError::Overflow { .. } => {
+                            crate::error::ApiError::PayloadTooLarge {
+                                limit: LOG_BODY_LIMIT,
+                            }
+                            .into()
+                        }
+                        err => crate::error::ApiError::BadRequest(format!(
+                            "malformed log entry: {err}"
+                        ))
+                        .into(),
+                    }),
+            )
+            .route(web::post().to(add_log)),
+    );
 }
 
 #[derive(Deserialize)]
-struct PollQuery {
+struct ModuleQuery {
     #[serde(rename = "moduleId")]
     module_id: Option<String>,
     #[serde(rename = "executionProvider")]
     execution_provider: Option<String>,
     #[serde(rename = "canUseGPU")]
     can_use_gpu: Option<String>,
+}
+
+/// The token in the `X-Modhost-Token` header, if any.
+fn header_token(req: &HttpRequest) -> Option<String> {
+    req.headers()
+        .get(TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Whether the call came from this machine.
+fn from_loopback(req: &HttpRequest) -> bool {
+    req.peer_addr().is_some_and(|a| a.ip().is_loopback())
+}
+
+/// A refusal of a module-side call: 403 with the reason as text.
+fn refused(reason: impl std::fmt::Display) -> HttpResponse {
+    HttpResponse::Forbidden()
+        .content_type("text/plain")
+        .body(reason.to_string())
+}
+
+/// Which launch of `module` makes this call, given the token it carried.
+///
+/// # Errors
+/// A 403 answer for a stale token, or for a call without a token when one is
+/// required (`need_token`) and external modules are not allowed.
+fn authorize(
+    state: &AppState,
+    module: &Module,
+    token: Option<&str>,
+    need_token: bool,
+) -> Result<u64, HttpResponse> {
+    match module.caller(token) {
+        Ok(Caller::Launch(launch)) => Ok(launch),
+        Ok(Caller::Untokened) if !need_token || state.config.allow_external_modules => Ok(0),
+        Ok(Caller::Untokened) => Err(refused(format!(
+            "module {} must present its launch token (the {TOKEN_HEADER} header, or the queue \
+             name in CPAI_MODULE_QUEUENAME); a module started by hand needs the server's \
+             allow_external_modules setting",
+            module.id()
+        ))),
+        Err(err) => Err(refused(err)),
+    }
 }
 
 /// The module polling `queue`: by id when given, else the module owning the queue.
@@ -61,57 +140,59 @@ async fn poll(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
-    query: web::Query<PollQuery>,
+    query: web::Query<ModuleQuery>,
 ) -> HttpResponse {
-    let queue = path.into_inner().to_ascii_lowercase();
-    let module = polling_module(&state, &queue, query.module_id.as_deref());
-    if let Some(module) = &module {
-        module.seen();
-        // Legacy (pre-2.5.2) modules report their device on each poll.
-        if let (Some(provider), Some(_)) = (&query.execution_provider, &query.can_use_gpu) {
-            let device = if provider.eq_ignore_ascii_case("CPU") {
-                "CPU"
-            } else {
-                "GPU"
-            };
-            module.update(|s| s.inference_device = Some(device.to_owned()));
-        }
+    let name = path.into_inner();
+    let (queue, queue_token) = split_queue_token(&name);
+    let queue = queue.to_ascii_lowercase();
+    let token = queue_token
+        .map(str::to_owned)
+        .or_else(|| header_token(&req));
+    let Some(module) = polling_module(&state, &queue, query.module_id.as_deref()) else {
+        return refused(format!("no module serves queue '{queue}'"));
+    };
+    let launch = match authorize(&state, &module, token.as_deref(), true) {
+        Ok(launch) => launch,
+        Err(response) => return response,
+    };
+    if launch == 0 {
+        // A module started outside the server (allowed): it runs, so it is
+        // Started, as CodeProject marks any module that polls.
+        module.update(|s| {
+            if !matches!(s.status, ModuleStatus::Starting | ModuleStatus::Started) {
+                s.status = ModuleStatus::Started;
+            }
+        });
     }
-    let module_id = module
-        .as_ref()
-        .map(|m| m.id().to_owned())
-        .or_else(|| query.module_id.clone())
-        .unwrap_or_default();
+    module.seen();
+    // Legacy (pre-2.5.2) modules report their device on each poll.
+    if let (Some(provider), Some(_)) = (&query.execution_provider, &query.can_use_gpu) {
+        let device = if provider.eq_ignore_ascii_case("CPU") {
+            "CPU"
+        } else {
+            "GPU"
+        };
+        module.update(|s| s.inference_device = Some(device.to_owned()));
+    }
+    let taker = Taker {
+        module_id: module.id().to_owned(),
+        launch,
+    };
     // A module that went away while waiting (crashed, or its client timed
     // out) is not handed a command: dequeue asks first.
-    let _watch = PollWatch(&queue);
-    tracing::debug!(queue, module_id, "poll waiting");
+    tracing::debug!(queue, module = module.id(), "poll waiting");
     match state
         .queues
-        .dequeue(&queue, &module_id, POLL_WAIT, || {
+        .dequeue(&queue, taker, POLL_WAIT, || {
             crate::conn::client_connected(&req)
         })
         .await
     {
         Some(item) => {
-            tracing::debug!(
-                queue,
-                module_id,
-                reqid = item.reqid,
-                "poll handed a command"
-            );
+            tracing::debug!(queue, reqid = item.reqid, "poll handed a command");
             HttpResponse::Ok().json(item)
         }
         None => HttpResponse::NoContent().finish(),
-    }
-}
-
-/// Logs (at trace level) when a poll ends, answered or dropped.
-struct PollWatch<'a>(&'a str);
-
-impl Drop for PollWatch<'_> {
-    fn drop(&mut self) {
-        tracing::trace!(queue = self.0, "poll ended");
     }
 }
 
@@ -119,114 +200,151 @@ async fn reply(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
-    mut body: web::Payload,
+    body: web::Payload,
 ) -> HttpResponse {
     let reqid = path.into_inner();
-    let limit = state.config.max_body_bytes;
-    let mut bytes = web::BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
-            Err(err) => {
-                // The module will not send it again: the client hears now.
-                let _ = state.queues.complete(
-                    &reqid,
-                    Err(format!(
-                        "The module's response could not be read: {err} (#reqid {reqid})"
-                    )),
-                );
-                return HttpResponse::BadRequest()
-                    .body(format!("cannot read the response body: {err}"));
+    // A token, when sent, must be the current one of the module that took
+    // the command.
+    if let (Some(token), Some(taker)) = (header_token(&req), state.queues.taker(&reqid)) {
+        if let Some(module) = state.registry.get(&taker.module_id) {
+            if let Err(response) = authorize(&state, module, Some(&token), true) {
+                return response;
             }
-        };
-        if bytes.len() + chunk.len() > limit {
-            let _ = state.queues.complete(
-                &reqid,
-                Err(format!(
-                    "The module's response is larger than {limit} bytes (#reqid {reqid})"
-                )),
-            );
-            return HttpResponse::PayloadTooLarge()
-                .body(format!("response larger than {limit} bytes"));
         }
-        bytes.extend_from_slice(&chunk);
     }
-    let query_module = web::Query::<PollQuery>::from_query(req.query_string())
-        .ok()
-        .and_then(|q| q.into_inner().module_id);
-
-    let parsed: Result<Value, String> = match std::str::from_utf8(&bytes) {
-        Err(_) => Err(format!(
-            "Invalid JSON response from backend: not UTF-8 (#reqid {reqid})"
-        )),
-        Ok(text) => match serde_json::from_str::<Value>(text) {
-            Ok(Value::Null) => Err(format!("null json returned from backend (#reqid {reqid})")),
-            Ok(Value::Object(map)) => Ok(Value::Object(map)),
-            Ok(_) => Err(format!(
-                "Invalid JSON response from backend: not an object (#reqid {reqid})"
-            )),
-            Err(e) => Err(format!(
-                "Invalid JSON response from backend: {e} (#reqid {reqid})"
-            )),
-        },
+    let limits = crate::payload::BodyLimits {
+        max_bytes: state.config.max_body_bytes,
+        max_fields: 0,
+        read_timeout: state.config.body_read_timeout,
     };
+    let bytes = match crate::payload::read_body(req.headers(), body, limits).await {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            // The module will not send it again: the client hears now.
+            if let Some(delivery) = state.queues.take(&reqid) {
+                delivery.send(Err(Failure::new(
+                    FailureKind::InvalidReply,
+                    format!("The module's response could not be read: {err} (#reqid {reqid})"),
+                )));
+            }
+            return HttpResponse::BadRequest()
+                .content_type("text/plain")
+                .body(format!("cannot read the response body: {err}"));
+        }
+    };
+    let parsed: Result<JsonMap, Failure> = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(Value::Null) => Err(format!("null json returned from backend (#reqid {reqid})")),
+        Ok(_) => Err(format!(
+            "Invalid JSON response from backend: not an object (#reqid {reqid})"
+        )),
+        Err(e) => Err(format!(
+            "Invalid JSON response from backend: {e} (#reqid {reqid})"
+        )),
+    }
+    .map_err(|message| Failure::new(FailureKind::InvalidReply, message));
 
-    let module_id = parsed
-        .as_ref()
-        .ok()
-        .and_then(|v| v.get("moduleId"))
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .or(query_module);
-    let module = module_id
-        .as_deref()
-        .and_then(|id| state.registry.get(id))
-        .cloned();
-    let is_status = parsed
-        .as_ref()
-        .ok()
-        .and_then(|v| v.get("command"))
-        .and_then(Value::as_str)
-        .is_some_and(|c| c.eq_ignore_ascii_case("status"));
+    let Some(delivery) = state.queues.take(&reqid) else {
+        let name = web::Query::<ModuleQuery>::from_query(req.query_string())
+            .ok()
+            .and_then(|q| q.into_inner().module_id)
+            .and_then(|id| state.registry.get(&id).map(|m| m.name().to_owned()))
+            .unwrap_or_else(|| "Server".into());
+        state.logs.add(
+            LogLevel::Warning,
+            &name,
+            "",
+            &format!("a module answered a request nobody waits for (#reqid {reqid})"),
+        );
+        return HttpResponse::BadRequest()
+            .content_type("text/plain")
+            .body("failure to set response.");
+    };
+    let module = state.registry.get(&delivery.origin.module_id).cloned();
     if let Some(module) = &module {
         module.seen();
-        if let Ok(v) = &parsed {
+        if let Ok(reply) = &parsed {
+            let meta = modhost_protocol::ReplyMeta::read(reply);
             module.update(|s| {
-                if !is_status {
+                if meta
+                    .command
+                    .as_deref()
+                    .is_none_or(|c| !c.eq_ignore_ascii_case("status"))
+                {
                     s.request_count += 1;
                 }
-                if let Some(device) = v.get("inferenceDevice").and_then(Value::as_str) {
-                    s.inference_device = Some(device.to_owned());
+                if let Some(device) = meta.inference_device {
+                    s.inference_device = Some(device);
                 }
             });
+            state.commands.on_reply(module, &delivery, reply);
         }
     }
-
-    let bad_body = parsed.as_ref().err().cloned();
-    match state.queues.complete(&reqid, parsed) {
-        Ok(()) => match bad_body {
-            None => HttpResponse::Ok()
-                .content_type("text/plain")
-                .body("Response saved."),
-            Some(problem) => {
-                let name = module.as_ref().map_or("Server", |m| m.name());
-                state.logs.add(LogLevel::Warning, name, "", &problem);
-                HttpResponse::BadRequest()
-                    .content_type("text/plain")
-                    .body(problem)
-            }
-        },
-        Err(err) => {
-            state.logs.add(
-                LogLevel::Warning,
-                module.as_ref().map_or("Server", |m| m.name()),
-                "",
-                &format!("a module answered a request nobody waits for: {err}"),
-            );
+    let problem = parsed.as_ref().err().map(|f| f.message.clone());
+    delivery.send(parsed);
+    match problem {
+        None => HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("Response saved."),
+        Some(problem) => {
+            let name = module.as_ref().map_or("Server", |m| m.name());
+            state.logs.add(LogLevel::Warning, name, "", &problem);
             HttpResponse::BadRequest()
                 .content_type("text/plain")
-                .body("failure to set response.")
+                .body(problem)
         }
+    }
+}
+
+/// `POST /v1/queue/progress/{commandId}?moduleId=<id>`: a module pushes
+/// progress for one of its jobs (docs/protocol.md §4.2). Needs the token.
+async fn progress(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<ModuleQuery>,
+    body: web::Payload,
+) -> HttpResponse {
+    let command_id = path.into_inner();
+    let Some(module) = query
+        .module_id
+        .as_deref()
+        .and_then(|id| state.registry.get(id))
+        .cloned()
+    else {
+        return HttpResponse::NotFound()
+            .content_type("text/plain")
+            .body("progress needs the moduleId of a known module");
+    };
+    if let Err(response) = authorize(&state, &module, header_token(&req).as_deref(), true) {
+        return response;
+    }
+    let limits = crate::payload::BodyLimits {
+        max_bytes: state.config.max_body_bytes,
+        max_fields: 0,
+        read_timeout: state.config.body_read_timeout,
+    };
+    let update = match crate::payload::read_body(req.headers(), body, limits).await {
+        Ok(bytes) => serde_json::from_slice::<ProgressUpdate>(&bytes)
+            .map_err(|e| format!("malformed progress update: {e}")),
+        Err(err) => Err(err.to_string()),
+    };
+    let update = match update {
+        Ok(update) => update,
+        Err(problem) => {
+            return HttpResponse::BadRequest()
+                .content_type("text/plain")
+                .body(problem)
+        }
+    };
+    module.seen();
+    match state.jobs.push(module.id(), &command_id, update) {
+        Ok(()) => HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("Progress saved."),
+        Err(failure) => HttpResponse::NotFound()
+            .content_type("text/plain")
+            .body(failure.message),
     }
 }
 
@@ -238,12 +356,17 @@ struct StatusForm {
 
 async fn update_status(
     state: web::Data<AppState>,
+    req: HttpRequest,
     path: web::Path<String>,
     form: web::Form<StatusForm>,
 ) -> HttpResponse {
     let Some(module) = state.registry.get(&path.into_inner()).cloned() else {
         return HttpResponse::NotFound().body("Module status data not updated");
     };
+    let token = header_token(&req);
+    if let Err(response) = authorize(&state, &module, token.as_deref(), !from_loopback(&req)) {
+        return response;
+    }
     module.seen();
     if let Some(text) = &form.status_data {
         let data: Value =
@@ -272,7 +395,27 @@ struct LogForm {
     log_level: Option<String>,
 }
 
-async fn add_log(state: web::Data<AppState>, form: web::Form<LogForm>) -> HttpResponse {
+/// `POST /v1/log/`: an entry from a module. From this machine, or with a
+/// module's current token; entries are cut to [`MAX_ENTRY_BYTES`].
+async fn add_log(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: web::Form<LogForm>,
+) -> HttpResponse {
+    if !from_loopback(&req) {
+        let tokened = header_token(&req).is_some_and(|token| {
+            state
+                .registry
+                .modules()
+                .iter()
+                .any(|m| matches!(m.caller(Some(&token)), Ok(Caller::Launch(_))))
+        });
+        if !tokened {
+            return refused(
+                "log entries come from modules on this machine, or with a module's launch token",
+            );
+        }
+    }
     let form = form.into_inner();
     let Some(entry) = form.entry.filter(|e| !e.is_empty()) else {
         return HttpResponse::BadRequest()
@@ -286,31 +429,4 @@ async fn add_log(state: web::Data<AppState>, form: web::Form<LogForm>) -> HttpRe
         &entry,
     );
     HttpResponse::Ok().json(envelope(json!({})))
-}
-
-#[derive(Deserialize)]
-struct LogListQuery {
-    count: Option<usize>,
-    last_id: Option<u64>,
-    /// modhost extension: only entries of this module (id or name).
-    #[serde(rename = "moduleId")]
-    module_id: Option<String>,
-}
-
-async fn list_log(state: web::Data<AppState>, query: web::Query<LogListQuery>) -> HttpResponse {
-    let count = query.count.unwrap_or(10).min(crate::logs::LOG_CAPACITY);
-    let category = query.module_id.as_deref().map(|id| {
-        state
-            .registry
-            .get(id)
-            .map_or_else(|| id.to_owned(), |m| m.name().to_owned())
-    });
-    let mut entries = state.logs.list(query.last_id.unwrap_or(0), usize::MAX);
-    if let Some(category) = &category {
-        entries.retain(|e| e.category.eq_ignore_ascii_case(category));
-    }
-    // The newest `count`: a live tail that fell behind skips to the present.
-    let skip = entries.len().saturating_sub(count);
-    entries.drain(..skip);
-    HttpResponse::Ok().json(envelope(json!({"entries": entries})))
 }
