@@ -10,7 +10,8 @@
 //!   another origin are refused unless the origin is allowed, so that a page
 //!   the user visits cannot stop modules with a form POST;
 //! - **client** routes (the rest of `/v1`): need the API key when one is set;
-//!   permissive CORS, as CodeProject's pages and clients rely on it;
+//!   permissive CORS (`Access-Control-Allow-Origin: *`), as CodeProject's
+//!   pages and clients rely on it; admin routes name only an allowed origin;
 //! - the **web UI**'s files: always served; the pages ask for the key.
 //!
 //! The key travels as `Authorization: Bearer <key>` or `X-API-Key: <key>`; a
@@ -49,7 +50,8 @@ pub fn classify(method: &Method, path: &str) -> RouteClass {
     if api.starts_with("queue/") || (method == Method::POST && (api == "log" || api == "log/")) {
         return RouteClass::Module;
     }
-    let admin = method == Method::POST
+    // A pre-flight is classed as the POST it asks about.
+    let admin = (method == Method::POST || method == Method::OPTIONS)
         && (api.starts_with("server/settings")
             || (api.starts_with("jobs/") && api.ends_with("/cancel")));
     if admin {
@@ -237,6 +239,10 @@ mod tests {
             RouteClass::Client
         );
         assert_eq!(classify(&post, "/v1/jobs/abc/cancel"), RouteClass::Admin);
+        assert_eq!(
+            classify(&Method::OPTIONS, "/v1/server/settings/Echo"),
+            RouteClass::Admin
+        );
         assert_eq!(classify(&post, "/v1/text/chat"), RouteClass::Client);
         assert_eq!(classify(&get, "/"), RouteClass::WebUi);
         assert_eq!(classify(&get, "/assets/api.js"), RouteClass::WebUi);

@@ -247,10 +247,6 @@ pub async fn run(
             .app_data(app_state.clone())
             .configure(configure_extractors)
             .wrap(actix_web::middleware::from_fn(access::guard))
-            .wrap(
-                actix_web::middleware::DefaultHeaders::new()
-                    .add(("Access-Control-Allow-Origin", "*")),
-            )
             .configure(api::configure)
             .configure(static_files::configure)
     })

@@ -398,9 +398,14 @@ async fn collect_multipart(
     mut multipart: actix_multipart::Multipart,
     values: &mut RequestValues,
 ) -> Result<(), ApiError> {
+    let malformed = |e: actix_multipart::MultipartError, what: &str| match e {
+        actix_multipart::MultipartError::Incomplete => ApiError::BadRequest(
+            "malformed multipart body: it ends before its closing boundary".into(),
+        ),
+        e => ApiError::BadRequest(format!("malformed multipart {what}: {e}")),
+    };
     while let Some(field) = multipart.next().await {
-        let mut field =
-            field.map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
+        let mut field = field.map_err(|e| malformed(e, "body"))?;
         let disposition = field.content_disposition().cloned();
         let name = disposition
             .as_ref()
@@ -414,9 +419,7 @@ async fn collect_multipart(
         let content_type = field.content_type().map(|m| m.to_string());
         let mut data = Vec::new();
         while let Some(chunk) = field.next().await {
-            let chunk = chunk.map_err(|e| {
-                ApiError::BadRequest(format!("malformed multipart field '{name}': {e}"))
-            })?;
+            let chunk = chunk.map_err(|e| malformed(e, &format!("field '{name}'")))?;
             data.extend_from_slice(&chunk);
         }
         match filename {

@@ -253,8 +253,22 @@ impl InProcess {
                     eprintln!("in-process modhost failed: {err:#}");
                 }
             })?;
+        // A server with a key gets a client that sends it.
+        let key = args
+            .iter()
+            .position(|a| *a == "--api-key")
+            .and_then(|at| args.get(at + 1));
+        let mut api = Api::new(port)?;
+        if let Some(key) = key {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert("X-API-Key", key.parse()?);
+            api.http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .default_headers(headers)
+                .build()?;
+        }
         Ok(InProcess {
-            api: Api::new(port)?,
+            api,
             root,
             shutdown,
             thread: Some(thread),
