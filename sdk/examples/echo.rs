@@ -10,6 +10,10 @@
 //!   `get_command_status` shows `{"progress": <0–100>, "elapsedMs": <n>}`;
 //!   it ends with `{"message": "slept", "sleptMs": <n>, "cancelled": <bool>}`
 //!   and stops early on `cancel_command`.
+//! - `count` (`POST /v1/echo/count`, values `n`, default 10, and `step_ms`,
+//!   default 20): a long process that writes "1 2 3 … n" into its `reply`,
+//!   a number every `step_ms` (on modhost each one is pushed, and streamed to
+//!   clients); ends with `{"reply": <text>, "count": <n>, "cancelled": <bool>}`.
 //! - `crash` (`POST /v1/echo/crash`): exits the process with code 3 at once,
 //!   without replying (for crash handling tests).
 //! - `slow` (`POST /v1/echo/slow`, value `ms`, default 1000): blocks for
@@ -55,6 +59,13 @@ impl ModuleRunner for Echo {
                     sleep_in_steps(cmd, ms)
                 })))
             }
+            "count" => {
+                let n = request.int_or("n", 10)?.clamp(0, 1_000_000);
+                let step = Duration::from_millis(duration_ms_named(request, "step_ms", 20)?);
+                Ok(Outcome::Long(Box::new(move |cmd: &CommandHandle| {
+                    count_in_steps(cmd, n, step)
+                })))
+            }
             "crash" => {
                 tracing::error!("crash requested: exiting with code 3");
                 std::process::exit(3);
@@ -71,11 +82,43 @@ impl ModuleRunner for Echo {
 
 /// The `ms` value (default 1000), checked to be in 0..=MAX_MS.
 fn duration_ms(request: &RequestData) -> Result<u64, ModuleError> {
-    let ms = request.int_or("ms", 1000)?;
+    duration_ms_named(request, "ms", 1000)
+}
+
+/// The milliseconds value `key` (default `default`), checked to be in
+/// 0..=MAX_MS.
+fn duration_ms_named(request: &RequestData, key: &str, default: i64) -> Result<u64, ModuleError> {
+    let ms = request.int_or(key, default)?;
     u64::try_from(ms)
         .ok()
         .filter(|_| ms <= MAX_MS)
-        .ok_or_else(|| ModuleError(format!("value 'ms' is {ms}: expected 0 to {MAX_MS}")))
+        .ok_or_else(|| ModuleError(format!("value '{key}' is {ms}: expected 0 to {MAX_MS}")))
+}
+
+/// The `count` long process: appends the numbers 1 to `n` to its reply, one
+/// every `step`, stopping early when cancelled.
+fn count_in_steps(
+    cmd: &CommandHandle,
+    n: i64,
+    step: Duration,
+) -> Result<Map<String, Value>, ModuleError> {
+    let mut count = 0;
+    while count < n && !cmd.is_cancelled() {
+        std::thread::sleep(step);
+        count += 1;
+        cmd.append_reply(&if count == 1 {
+            "1".to_owned()
+        } else {
+            format!(" {count}")
+        });
+        cmd.update("count", json!(count));
+    }
+    let reply = cmd.published().remove("reply").unwrap_or_else(|| json!(""));
+    Ok(json_object(json!({
+        "reply": reply,
+        "count": count,
+        "cancelled": cmd.is_cancelled(),
+    })))
 }
 
 /// The `sleep` long process: sleeps `ms` in small steps, publishing progress

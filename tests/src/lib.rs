@@ -185,13 +185,25 @@ pub fn write_demo_model(preset: &str, path: &Path) -> Result<PathBuf> {
     Ok(path.to_owned())
 }
 
-/// The Python virtual environment holding PyPI `codeproject-ai-sdk`, made on
+/// The Python packages the tests use, pinned: the official CodeProject.AI
+/// SDK (modules), and `httpx` with `httpx-sse` (a stream client from PyPI).
+const PYTHON_PACKAGES: &[&str] = &[
+    "codeproject-ai-sdk==0.0.21",
+    "httpx==0.28.1",
+    "httpx-sse==0.4.1",
+];
+
+/// The Python virtual environment holding [`PYTHON_PACKAGES`], made on
 /// first use under `target/pyvenv` (shared by test runs; needs PyPI once).
 pub fn python_venv() -> Result<PathBuf> {
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let venv = profile_dir().parent().expect("target dir").join("pyvenv");
-    let marker = venv.join(".sdk-installed");
+    // The marker names the package list, so a changed list reinstalls.
+    let marker = venv.join(format!(
+        ".installed-{}",
+        PYTHON_PACKAGES.join("+").replace(['=', '.'], "_")
+    ));
     if marker.exists() {
         return Ok(venv);
     }
@@ -206,13 +218,12 @@ pub fn python_venv() -> Result<PathBuf> {
         }
         Ok(())
     };
-    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    run(Command::new(venv.join("bin/pip")).args([
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        "codeproject-ai-sdk==0.0.21",
-    ]))?;
+    if !venv.join("bin/pip").exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(PYTHON_PACKAGES))?;
     std::fs::write(&marker, "")?;
     Ok(venv)
 }
@@ -668,4 +679,72 @@ impl Drop for Server {
             eprintln!("---- modhost output ----\n{}", self.output());
         }
     }
+}
+
+/// One Server-Sent Event of a job stream (docs/protocol.md §4.4).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    /// The event id: 1, 2, 3 … within the job.
+    pub id: u64,
+    /// `delta`, `status`, `done` or `error`.
+    pub event: String,
+    pub data: Value,
+}
+
+/// Reads `response` as Server-Sent Events (with `eventsource-stream`) until
+/// the server ends the stream, or `stop` says so after an event; comment
+/// pings are skipped.
+pub async fn read_sse(
+    response: reqwest::Response,
+    mut stop: impl FnMut(&SseEvent) -> bool,
+) -> Result<Vec<SseEvent>> {
+    use eventsource_stream::Eventsource;
+    use futures_util::StreamExt;
+    let mut stream = response.bytes_stream().eventsource();
+    let mut events = Vec::new();
+    while let Some(event) = stream.next().await {
+        let event = event.map_err(|e| anyhow::anyhow!("reading the event stream: {e}"))?;
+        let parsed = SseEvent {
+            id: event
+                .id
+                .parse()
+                .with_context(|| format!("event id {:?}", event.id))?,
+            event: event.event,
+            data: serde_json::from_str(&event.data)
+                .with_context(|| format!("event data {:?}", event.data))?,
+        };
+        let done = stop(&parsed);
+        events.push(parsed);
+        if done {
+            break;
+        }
+    }
+    Ok(events)
+}
+
+/// The text of a stream's `delta` events, joined.
+pub fn joined_deltas(events: &[SseEvent]) -> String {
+    events
+        .iter()
+        .filter(|e| e.event == "delta")
+        .filter_map(|e| e.data["text"].as_str())
+        .collect()
+}
+
+/// Runs `tests/clients/sse_client.py` (httpx with httpx-sse, from PyPI) in
+/// the test venv with `args`; its JSON output.
+pub fn python_sse_client(args: &[&str]) -> Result<Value> {
+    let venv = python_venv()?;
+    let out = Command::new(venv.join("bin/python3"))
+        .arg(workspace_root().join("tests/clients/sse_client.py"))
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "sse_client.py {args:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
 }

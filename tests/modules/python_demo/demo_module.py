@@ -4,8 +4,9 @@
 Commands:
   echo  -- replies at once with the value 'text'
   count -- a long process: counts to 'n' (default 20), one step every 'step_ms'
-           milliseconds (default 50); command_status() reports the count so far;
-           cancel stops it at the next step
+           milliseconds (default 50), writing "1 2 3 ..." into its 'reply';
+           command_status() reports the count and the reply so far; cancel
+           stops it at the next step
   crash -- prints why to stderr, then exits the process at once with status 3
 """
 import os
@@ -35,18 +36,22 @@ class DemoModule(ModuleRunner):
 
     def long_count(self, data: RequestData) -> JSON:
         self.count = 0
+        self.reply = ""
         self.stop.clear()
         n = data.get_int("n", 20)
         step = data.get_int("step_ms", 50) / 1000.0
         while self.count < n:
             if self.stop.is_set():
-                return {"success": True, "count": self.count, "stop_reason": "cancelled"}
+                return {"success": True, "count": self.count, "reply": self.reply,
+                        "stop_reason": "cancelled"}
             time.sleep(step)
             self.count += 1
-        return {"success": True, "count": self.count, "stop_reason": "completed"}
+            self.reply += ("" if self.count == 1 else " ") + str(self.count)
+        return {"success": True, "count": self.count, "reply": self.reply,
+                "stop_reason": "completed"}
 
     def command_status(self) -> JSON:
-        return {"success": True, "count": self.count}
+        return {"success": True, "count": self.count, "reply": getattr(self, "reply", "")}
 
     def cancel_command_task(self) -> None:
         self.stop.set()
