@@ -2,7 +2,8 @@
  * and module explorer UIs. Plain ES2020, no build step. Defines one global,
  * `window.modhost`; loading this file twice keeps the first copy.
  *
- * Wire format: CodeProject.AI Server 2.9 (reference/codeproject-protocol.md §2).
+ * Wire format: CodeProject.AI Server 2.9 (docs/protocol.md §2), plus
+ * modhost's job streams (§4.4) where the server has them.
  *
  *   modhost.base
  *     Server origin the requests go to: the origin this file was loaded from
@@ -25,18 +26,24 @@
  *     with an ApiError only when no JSON reply arrives (network, timeout).
  *
  *   modhost.runLongCommand(route, moduleId, fields,
- *                          {onUpdate, onDone, intervalMs = 250}) -> handle
+ *                          {onUpdate, onDone, intervalMs = 250, stream = true}) -> handle
  *     Starts a long-running command and follows it: the first POST answers
- *     `{commandId, commandStatus: "running"}`; then POST
- *     {moduleId}/get_command_status with `commandId` every intervalMs (never
- *     two at once) until the status is terminal: anything but "running"
- *     (completed, cancelled, failed...) or `success: false`. onUpdate(reply)
- *     gets each running reply (partial fields, e.g. LlamaChat's `reply`);
- *     onDone(reply) is called exactly once with the final reply. A plain
- *     (not long-running) reply is final at once. Connection failures end it
- *     with a made-up `{success: false, commandStatus: "failed", error}`.
+ *     `{commandId, commandStatus: "running"}`. Then, where the browser has
+ *     EventSource and the server streams jobs (modhost, docs/protocol.md
+ *     §4.4), it reads the job's event stream: `delta` events grow `reply`,
+ *     `status` events change other fields, `done` is the final reply, an
+ *     `error` event a failure. Otherwise (CodeProject.AI Server, or the
+ *     stream cannot be opened) it POSTs {moduleId}/get_command_status with
+ *     `commandId` every intervalMs (never two at once) until the status is
+ *     terminal: anything but "running" (completed, cancelled, failed...) or
+ *     `success: false`. onUpdate(reply) gets each running state (partial
+ *     fields, e.g. LlamaChat's `reply` so far); onDone(reply) is called
+ *     exactly once with the final reply. A plain (not long-running) reply is
+ *     final at once. Connection failures end it with a made-up
+ *     `{success: false, commandStatus: "failed", error}`.
  *     handle: { done: Promise<final reply>, commandId (null until known),
- *               finished (bool), cancel() -> Promise<cancel reply | null> }.
+ *               finished (bool), transport ('stream' | 'poll' | null),
+ *               cancel() -> Promise<cancel reply | null> }.
  *     cancel() POSTs {moduleId}/cancel_command and resolves to its reply; if
  *     the command id is not known yet it resolves to null and the cancel is
  *     sent as soon as the id arrives. Polling goes on to collect the final
@@ -46,6 +53,14 @@
  *   modhost.setting(moduleId, name, value) -> Promise<object>
  *     POST /v1/server/settings/{moduleId}, urlencoded: AutoStart=true starts
  *     a module, AutoStart=false stops it, Restart restarts it. Rejects like get().
+ *
+ *   modhost.cancelJob(jobId) -> Promise<object>
+ *     POST /v1/jobs/{jobId}/cancel: stops a running job. Rejects like get().
+ *
+ *   modhost.apiKey
+ *     The API key sent with every request (X-API-Key), when the server needs
+ *     one. Kept in the browser's session storage; the first request the
+ *     server refuses with 401 asks for it once (window.prompt) and is retried.
  *
  *   DOM helpers (module and server strings are only ever set as text):
  *     text(el, value)       sets textContent (null/undefined -> ''); el is an
@@ -86,16 +101,41 @@
 
   const sleep = ms => new Promise(resolve => setTimeout(resolve, ms));
 
+  // The API key, kept for this browser tab only.
+  const KEY_STORE = 'modhost.apiKey';
+  const storedKey = () => {
+    try { return sessionStorage.getItem(KEY_STORE) || ''; } catch { return ''; }
+  };
+  let askedForKey = false;
+
+  // Asks for the key after a 401, once per page; true when one was given.
+  function askForKey(message) {
+    if (askedForKey || typeof window.prompt !== 'function') return false;
+    askedForKey = true;
+    const key = (window.prompt(`${message}\n\nAPI key for this modhost server:`) || '').trim();
+    if (!key) return false;
+    modhost.apiKey = key;
+    try { sessionStorage.setItem(KEY_STORE, key); } catch { /* private mode */ }
+    return true;
+  }
+
   // Fetches and parses JSON; resolves even for HTTP errors so that callers
-  // can show the server's `error` text.
-  async function request(method, path, body, timeoutMs) {
+  // can show the server's `error` text. A 401 asks for the API key once and
+  // retries.
+  async function request(method, path, body, timeoutMs, retried = false) {
     const url = `${modhost.base}/v1/${String(path).replace(/^\/+/, '').replace(/^v1\//, '')}`;
+    const headers = modhost.apiKey ? { 'X-API-Key': modhost.apiKey } : {};
     let res;
     try {
-      res = await fetch(url, { method, body, signal: AbortSignal.timeout(timeoutMs) });
+      res = await fetch(url, { method, body, headers, signal: AbortSignal.timeout(timeoutMs) });
     } catch (err) {
       const why = err && err.name === 'TimeoutError' ? `no reply in ${timeoutMs / 1000} s` : 'server unreachable';
       throw new ApiError(`${method} ${url}: ${why}`);
+    }
+    if (res.status === 401 && !retried) {
+      let reason = 'This server needs an API key.';
+      try { reason = (await res.clone().json()).error || reason; } catch { /* not JSON */ }
+      if (askForKey(reason)) return request(method, path, body, timeoutMs, true);
     }
     let json;
     try {
@@ -135,11 +175,49 @@
 
   const isRunning = reply => reply.success !== false && reply.commandStatus === 'running';
 
-  function runLongCommand(route, moduleId, fields, { onUpdate, onDone, intervalMs = 250 } = {}) {
+  // Follows job `commandId` through its event stream, starting from the
+  // `first` (running) reply. Resolves to the final reply, or null when the
+  // stream cannot be had (no EventSource, or a server that does not stream
+  // jobs): the caller then polls.
+  function streamJob(commandId, first, onUpdate) {
+    if (typeof window.EventSource !== 'function') return Promise.resolve(null);
+    return new Promise(resolve => {
+      const key = modhost.apiKey ? `?api_key=${encodeURIComponent(modhost.apiKey)}` : '';
+      const es = new EventSource(`${modhost.base}/v1/jobs/${encodeURIComponent(commandId)}/events${key}`);
+      const state = { ...first, reply: typeof first.reply === 'string' ? first.reply : '' };
+      let heard = false;
+      const end = value => { es.close(); resolve(value); };
+      const parse = e => { heard = true; return JSON.parse(e.data); };
+      es.addEventListener('status', e => {
+        Object.assign(state, parse(e));
+        onUpdate({ ...state, commandStatus: state.commandStatus || 'running' });
+      });
+      es.addEventListener('delta', e => {
+        state.reply += parse(e).text;
+        onUpdate({ ...state, commandStatus: 'running' });
+      });
+      es.addEventListener('done', e => end(parse(e)));
+      es.addEventListener('error', e => {
+        if (e.data) {
+          // The job failed: the server's error event.
+          const failure = parse(e);
+          end({ ...state, success: false, commandId, commandStatus: 'failed',
+                error: failure.message, errorCode: failure.code });
+        } else if (!heard || es.readyState === EventSource.CLOSED) {
+          // Never connected, or given up: poll instead. (A drop mid-stream
+          // reconnects by itself, resuming after the last event id.)
+          end(null);
+        }
+      });
+    });
+  }
+
+  function runLongCommand(route, moduleId, fields, { onUpdate, onDone, intervalMs = 250, stream = true } = {}) {
     let commandId = null;
     let cancelWanted = false;
     let cancelSent = null;
     let finished = false;
+    let transport = null;
 
     const sendCancel = () => {
       cancelSent = cancelSent || postForm(`${moduleId}/cancel_command`, { commandId })
@@ -166,6 +244,12 @@
       commandId = reply.commandId;
       if (cancelWanted) sendCancel();
       call(onUpdate, reply);
+      if (stream) {
+        transport = 'stream';
+        const last = await streamJob(commandId, reply, update => call(onUpdate, update));
+        if (last) return last;
+      }
+      transport = 'poll';
       // A few failed polls in a row (server restarting, network blip) are
       // tolerated before giving up.
       for (let failures = 0; ;) {
@@ -192,6 +276,7 @@
       done,
       get commandId() { return commandId; },
       get finished() { return finished; },
+      get transport() { return transport; },
       cancel() {
         if (finished) return Promise.resolve(null);
         cancelWanted = true;
@@ -204,6 +289,10 @@
     const body = new URLSearchParams({ name });
     if (value !== undefined && value !== null) body.set('value', String(value));
     return strict(await request('POST', `server/settings/${encodeURIComponent(moduleId)}`, body, 15000));
+  }
+
+  async function cancelJob(jobId) {
+    return strict(await request('POST', `jobs/${encodeURIComponent(jobId)}/cancel`, undefined, 15000));
   }
 
   async function get(path, { timeoutMs = 15000 } = {}) {
@@ -264,7 +353,8 @@
 
   const modhost = {
     base: scriptOrigin,
-    ApiError, get, postForm, runLongCommand, setting,
+    apiKey: storedKey(),
+    ApiError, get, postForm, runLongCommand, setting, cancelJob,
     text, el, uiKey, ago, bytes, duration, sleep,
   };
   window.modhost = modhost;

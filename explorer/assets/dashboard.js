@@ -114,7 +114,12 @@
     text(cells.id, m.moduleId !== m.name ? m.moduleId : '');
     text(cells.status, s);
     cells.status.dataset.status = s;
-    text(cells.error, RUNNING.has(s) && s !== 'Restarting' ? '' : m.lastError);
+    let problem = RUNNING.has(s) && s !== 'Restarting' ? '' : (m.lastError || '');
+    if (s === 'Restarting' && m.nextStart) {
+      const wait = Math.max(0, Math.ceil((Date.parse(m.nextStart) - Date.now()) / 1000));
+      problem = `crash ${m.crashes} in a row; next start in ${wait} s. ${problem}`;
+    }
+    text(cells.error, problem);
     text(cells.version, m.version);
     text(cells.requests, m.requestCount);
     text(cells.queued, m.queued);
@@ -166,6 +171,50 @@
     }
     $('no-modules').hidden = statuses.length > 0;
     updateFilter(statuses);
+    updateJobs(statuses);
+  }
+
+  // ---- running jobs --------------------------------------------------------
+
+  const jobRows = new Map();     // job id -> {tr, age, progress, cancel}
+
+  function updateJobs(statuses) {
+    const running = statuses.flatMap(m => (m.runningJobs || []).map(j => ({ ...j, module: m.name })));
+    const seen = new Set();
+    for (const job of running) {
+      seen.add(job.id);
+      let row = jobRows.get(job.id);
+      if (!row) {
+        row = {
+          age: el('td', { class: 'age' }),
+          progress: el('td', { class: 'num progress' }),
+          cancel: el('button', { type: 'button', class: 'danger', 'data-action': 'cancel-job',
+                                 onclick: () => cancelJob(job.id, row) }, 'Cancel'),
+        };
+        row.tr = el('tr', { 'data-job-id': job.id },
+          el('td', {}, job.module), el('td', { class: 'job-id', title: job.id }, job.id.slice(0, 8)),
+          el('td', { class: 'job-status' }, job.status), row.age, row.progress,
+          el('td', { class: 'actions' }, row.cancel));
+        jobRows.set(job.id, row);
+        $('jobs').append(row.tr);
+      }
+      text(row.age, modhost.duration((Date.now() - Date.parse(job.createdAt)) / 1000));
+      text(row.progress, job.tokens !== null && job.tokens !== undefined ? `${job.tokens} tokens` : `${job.chars} chars`);
+    }
+    for (const [id, row] of jobRows) {
+      if (!seen.has(id)) { row.tr.remove(); jobRows.delete(id); }
+    }
+    $('no-jobs').hidden = running.length > 0;
+  }
+
+  async function cancelJob(id, row) {
+    row.cancel.disabled = true;
+    try {
+      await modhost.cancelJob(id);
+    } catch (err) {
+      row.cancel.disabled = false;
+      showMessage(`cancel job ${id}: ${err.message}`);
+    }
   }
 
   // ---- log tail ----------------------------------------------------------

@@ -114,7 +114,8 @@ pub fn run_with<R: ModuleRunner>(
     let engine = Arc::new(Engine::with_client(runner, ctx, &client));
     info!(
         module = %engine.ctx.module_id,
-        queue = %engine.ctx.queue_name,
+        // The queue name carries the launch token: log the queue alone.
+        queue = %modhost_protocol::split_queue_token(&engine.ctx.queue_name).0,
         server = %engine.ctx.server_url,
         parallelism = engine.ctx.parallelism,
         "module started"

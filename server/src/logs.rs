@@ -33,6 +33,12 @@ pub const MAX_ENTRY_BYTES: usize = 8 * 1024;
 /// can never forge further lines in the log file.
 fn sanitise(message: &str) -> std::borrow::Cow<'_, str> {
     let needs_escape = message.chars().any(|c| c.is_control() && c != '\t');
+    if message.contains(modhost_protocol::QUEUE_TOKEN_SEPARATOR) {
+        let masked = mask_tokens(message);
+        if masked != message {
+            return std::borrow::Cow::Owned(sanitise(&masked).into_owned());
+        }
+    }
     if message.len() <= MAX_ENTRY_BYTES && !needs_escape {
         return std::borrow::Cow::Borrowed(message);
     }
@@ -54,6 +60,29 @@ fn sanitise(message: &str) -> std::borrow::Cow<'_, str> {
         out.push_str(&format!(" … ({} more bytes not kept)", message.len() - cut));
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// `text` with every launch token that follows a queue name (`~` and 32 hex
+/// digits, as modules print their `CPAI_MODULE_QUEUENAME`) replaced by `~…`:
+/// the log is readable by clients, and a token would let them pose as the
+/// module.
+fn mask_tokens(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(modhost_protocol::QUEUE_TOKEN_SEPARATOR) {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let hex = after.bytes().take_while(u8::is_ascii_hexdigit).count();
+        if hex == 32 {
+            out.push_str("~…");
+            rest = &after[32..];
+        } else {
+            out.push('~');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Severity of a log entry, named as CodeProject's `log_level` values.
@@ -403,6 +432,21 @@ mod tests {
             entry.ends_with(&format!("… ({} more bytes not kept)", MAX_ENTRY_BYTES)),
             "{}",
             &entry[entry.len() - 40..]
+        );
+    }
+
+    #[test]
+    fn launch_tokens_never_reach_the_log() {
+        let log = LogService::new(None);
+        log.add(
+            LogLevel::Information,
+            "Py",
+            "",
+            "Retrieved echo_queue~0123456789abcdef0123456789abcdef command; ~tilde stays",
+        );
+        assert_eq!(
+            log.list(0, 1)[0].entry,
+            "Py: Retrieved echo_queue~… command; ~tilde stays"
         );
     }
 

@@ -350,6 +350,16 @@ async fn a_chat_reply_grows_in_the_explorer_and_ends_with_statistics() {
     assert!(stats.contains("250"), "token count missing from {stats:?}");
     assert!(stats.contains("tokens/s"), "{stats:?}");
     assert!(stats.contains("length"), "{stats:?}");
+    // The reply came over the job's event stream, not by polling.
+    let transport = browser
+        .client
+        .execute(
+            "return document.getElementById('LlamaChat_status').dataset.transport",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(transport, "stream");
     let shot = browser.screenshot("chat").await;
     println!("chat screenshot: {}; stats: {stats}", shot.display());
 }
@@ -381,6 +391,62 @@ async fn stop_mid_generation_shows_the_chat_cancelled() {
     let stats = browser.text("#LlamaChat_stats").await.unwrap_or_default();
     assert!(stats.contains("cancelled"), "{stats:?}");
     browser.screenshot("chat-cancelled").await;
+}
+
+#[tokio::test]
+async fn the_dashboard_lists_a_running_chat_and_cancels_it() {
+    let _turn = TURN.lock().await;
+    let server = llama_server().await;
+    let (_, started) = server
+        .post_form(
+            "/v1/text/chat",
+            &[("prompt", "Write a long story."), ("max_tokens", "0")],
+        )
+        .await
+        .unwrap();
+    let id = started["commandId"].as_str().unwrap().to_owned();
+    let browser = Browser::start().await;
+    browser.client.goto(&server.url("/")).await.unwrap();
+    let row = format!("tr[data-job-id=\"{id}\"]");
+    browser
+        .wait_text(&format!("{row} .progress"), Duration::from_secs(20), |t| {
+            t.ends_with("tokens") && t != "0 tokens"
+        })
+        .await;
+    browser.screenshot("dashboard-jobs").await;
+    browser
+        .click(&format!("{row} button[data-action=\"cancel-job\"]"))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let job = server.get_json(&format!("/v1/jobs/{id}")).await.unwrap();
+        if job["job"]["status"] == "cancelled" {
+            assert_eq!(job["job"]["result"]["stop_reason"], "cancelled", "{job}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not cancelled: {job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The dashboard refreshes every 2 s: the cancelled job leaves the list.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let gone = browser
+            .client
+            .execute(
+                &format!(
+                    "return document.querySelector('{row}') === null \
+                     && !document.getElementById('no-jobs').hidden"
+                ),
+                vec![],
+            )
+            .await
+            .unwrap();
+        if gone == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cancelled job stayed listed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A reply carrying markup, from a LlamaChat stand-in on the official Python

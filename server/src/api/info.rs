@@ -148,7 +148,8 @@ async fn list_status(state: web::Data<AppState>) -> HttpResponse {
                 .map(|j| {
                     let v = j.view();
                     json!({"id": v.id, "status": v.status, "createdAt": v.created_at,
-                           "chars": v.reply.chars().count(), "tokens": v.fields.get("tokens")})
+                           "chars": v.reply.chars().count(),
+                           "tokens": v.fields.get("completion_tokens").or(v.fields.get("tokens"))})
                 })
                 .collect();
             status_entry(m, state.queues.len(&m.queue), running)
