@@ -1,6 +1,6 @@
 // The explorer (explorer.html): a tab per module category holding each
 // running module's explorer UI, as CodeProject.AI's explorer does
-// (reference/codeproject-protocol.md §2 "What the explorer page calls").
+// (docs/protocol.md §2.4).
 'use strict';
 (() => {
   const { el, text } = modhost;

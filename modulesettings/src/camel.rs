@@ -1,8 +1,8 @@
 //! PascalCase → camelCase for the JSON the server emits.
 //!
 //! CodeProject.AI Server serialises its module descriptions with
-//! System.Text.Json's camelCase policy (reference/codeproject-protocol.md
-//! §2, `/v1/module/list/running`), which lowercases a leading run of
+//! System.Text.Json's camelCase policy (docs/protocol.md §2.4,
+//! `/v1/module/list/running`), which lowercases a leading run of
 //! capitals, not just the first letter: `UIElements` → `uiElements`,
 //! `IconURL` → `iconURL`, `GPU` → `gpu`. The explorer page looks up
 //! `uiElements.explorerUI`, so the difference matters.

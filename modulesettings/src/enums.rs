@@ -107,7 +107,7 @@ macro_rules! string_enum {
 
 string_enum! {
     /// Where a module's runtime (its Python virtual environment) lives:
-    /// `LaunchSettings.RuntimeLocation` (reference/codeproject-protocol.md §1).
+    /// `LaunchSettings.RuntimeLocation` (docs/protocol.md §1.1).
     #[derive(Default)]
     pub enum RuntimeLocation {
         /// `<moduleDir>/bin/<os>/pythonXY/venv`: private to the module (the default).
@@ -122,7 +122,7 @@ string_enum! {
 
 string_enum! {
     /// How much a module logs: `LaunchSettings.LogVerbosity`, passed to the
-    /// child as `CPAI_LOG_VERBOSITY` (reference/codeproject-protocol.md §3).
+    /// child as `CPAI_LOG_VERBOSITY` (docs/protocol.md §1.1).
     #[derive(Default)]
     pub enum LogVerbosity {
         /// Errors and warnings only.
@@ -137,7 +137,7 @@ string_enum! {
 
 string_enum! {
     /// The `Type` of a route's input or output parameter
-    /// (reference/codeproject-protocol.md §3). Documentation only: the
+    /// (docs/protocol.md §3.3). Documentation only: the
     /// server forwards every value to the module as a string.
     #[derive(Default)]
     pub enum ParamType {

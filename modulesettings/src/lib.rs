@@ -1,5 +1,5 @@
 //! Module manifests (`modulesettings.json`) in the format of CodeProject.AI
-//! Server 2.9 (reference/codeproject-protocol.md §3): finding them, merging
+//! Server 2.9 (docs/protocol.md §3): finding them, merging
 //! their per-platform variants, checking them against a JSON Schema, reading
 //! them into typed settings, and expanding `%NAME%` path macros.
 //!

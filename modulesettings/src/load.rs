@@ -1,6 +1,6 @@
 //! Finding module directories and loading their manifests: read, merge the
 //! per-platform variants, validate, deserialize
-//! (reference/codeproject-protocol.md §3).
+//! (docs/protocol.md §3).
 
 use std::collections::HashMap;
 use std::fs;

@@ -1,5 +1,5 @@
 //! `%NAME%` path macros in environment-variable values and
-//! `LaunchSettings.Command` (reference/codeproject-protocol.md §3, "Macros").
+//! `LaunchSettings.Command` (docs/protocol.md §3.6).
 
 use std::path::{Path, PathBuf};
 

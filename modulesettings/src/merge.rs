@@ -5,7 +5,7 @@
 //! paths and lets later files set paths again. Seen from JSON that means:
 //! objects merge by key (keys compare case-insensitively), arrays merge
 //! index by index, and nothing is ever deleted
-//! (reference/codeproject-protocol.md §3, "Merge order").
+//! (docs/protocol.md §3.5).
 
 use serde_json::Value;
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 /// Operating system, CPU architecture and run mode, in CodeProject.AI
-/// Server's vocabulary (reference/codeproject-protocol.md §3).
+/// Server's vocabulary (docs/protocol.md §3.4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Platform {
     /// `"linux"`, `"windows"` or `"macos"` (other Rust OS names pass through

@@ -1,5 +1,5 @@
 //! The typed form of one module's entry in `modulesettings.json`
-//! (CodeProject.AI Server 2.9, reference/codeproject-protocol.md §3).
+//! (CodeProject.AI Server 2.9, docs/protocol.md §3).
 //!
 //! Field names are the manifest's PascalCase ones. Every optional field may
 //! be absent or `null`; both mean "use the default", as with the .NET
@@ -137,7 +137,7 @@ impl ModuleSettings {
 
     /// The name of the module's command queue: `LaunchSettings.Queue`
     /// lowercased, or `"<id lowercased>_queue"` when it is unset or empty
-    /// (reference/codeproject-protocol.md §1).
+    /// (docs/protocol.md §1.1).
     pub fn queue_name(&self, id: &str) -> String {
         match self.launch_settings.queue.as_deref().map(str::trim) {
             Some(queue) if !queue.is_empty() => queue.to_lowercase(),
@@ -168,7 +168,7 @@ impl ModuleSettings {
     }
 
     /// These settings as the camelCase JSON CodeProject.AI Server emits in
-    /// `/v1/module/list/running` (reference/codeproject-protocol.md §2):
+    /// `/v1/module/list/running` (docs/protocol.md §2.4):
     /// every key, including those in [`ModuleSettings::extra`], renamed with
     /// .NET's camelCase rules (`UIElements` → `uiElements`), except the
     /// names of environment variables and keys inside a parameter's
@@ -218,7 +218,7 @@ pub struct PublishingInfo {
 }
 
 /// `LaunchSettings`: how the server starts the module
-/// (reference/codeproject-protocol.md §1 "Launch").
+/// (docs/protocol.md §1.1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct LaunchSettings {
@@ -366,7 +366,7 @@ pub struct ModuleRelease {
 }
 
 /// One entry of `RouteMaps`: an HTTP route and the command it queues
-/// (reference/codeproject-protocol.md §2).
+/// (docs/protocol.md §2.4).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct RouteMap {

@@ -28,12 +28,11 @@ pub enum FailureKind {
     InvalidReply,
     /// The module reported that the command failed (its own error).
     CommandFailed,
-    /// The command was cancelled.
+    /// The job was cancelled before its module had finished it, and the module
+    /// could not report how far it got (it stopped, or crashed, meanwhile).
     Cancelled,
     /// No command or job with that id is known (never seen, or expired).
     UnknownCommand,
-    /// The server is shutting down.
-    ShuttingDown,
 }
 
 impl FailureKind {
@@ -50,7 +49,6 @@ impl FailureKind {
             FailureKind::CommandFailed => "command_failed",
             FailureKind::Cancelled => "cancelled",
             FailureKind::UnknownCommand => "unknown_command",
-            FailureKind::ShuttingDown => "shutting_down",
         }
     }
 
@@ -61,8 +59,7 @@ impl FailureKind {
             FailureKind::QueueFull => Some(1),
             FailureKind::ModuleNotRunning
             | FailureKind::ModuleCrashed
-            | FailureKind::ModuleUnresponsive
-            | FailureKind::ShuttingDown => Some(5),
+            | FailureKind::ModuleUnresponsive => Some(5),
             _ => None,
         }
     }
@@ -106,7 +103,6 @@ mod tests {
             FailureKind::CommandFailed,
             FailureKind::Cancelled,
             FailureKind::UnknownCommand,
-            FailureKind::ShuttingDown,
         ] {
             assert_eq!(
                 serde_json::to_value(kind).unwrap(),

@@ -216,6 +216,7 @@ pub mod cancel_reply {
 /// (modhost extension, docs/protocol.md §4.2). Updates for one command are
 /// posted one at a time, in order; the server applies them in that order.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ProgressUpdate {
     /// Text appended to the command's [`REPLY_FIELD`] since the last update.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -294,5 +295,13 @@ mod tests {
         );
         let back: ProgressUpdate = serde_json::from_value(json!({})).unwrap();
         assert_eq!(back, ProgressUpdate::default());
+        let timed = ProgressUpdate {
+            produced_at_us: Some(7),
+            ..ProgressUpdate::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&timed).unwrap(),
+            json!({"producedAtUs": 7})
+        );
     }
 }

@@ -6,7 +6,7 @@ use crate::request::ValueError;
 ///
 /// The message becomes the `error` field of the reply, which CodeProject.AI
 /// Server 2.9 forwards to the HTTP client unchanged (see
-/// reference/codeproject-protocol.md §1, "Post a response"): write it for the
+/// docs/protocol.md §1.4): write it for the
 /// person calling the API, e.g. `"missing value 'prompt'"`, and keep internal
 /// details (paths, stack traces) in the logs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

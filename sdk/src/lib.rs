@@ -5,14 +5,15 @@
 //! server for commands, answers each with a JSON reply, posts a status
 //! update every 2 s, and logs through its stdout. This crate implements
 //! that side of the protocol, mirroring the lifecycle of the official
-//! Python SDK (wire format of CodeProject.AI Server 2.9, see
-//! reference/codeproject-protocol.md §1, §2 "Long-running routes" and §3
-//! "Environment passed to the child"). A module implements
+//! Python SDK (wire format of CodeProject.AI Server 2.9, docs/protocol.md
+//! §1 and §2.3), and on modhost it speaks the extensions of §4: the launch
+//! token, and long-process progress pushed as it happens. A module implements
 //! [`ModuleRunner`] and calls [`run`] from `main`.
 //!
 //! # Layout
 //!
-//! - `lib.rs`: the [`ModuleRunner`] trait and [`Outcome`].
+//! - `lib.rs`: the [`ModuleRunner`] trait and [`Outcome`]. The wire types
+//!   themselves are in the `modhost-protocol` crate, shared with the server.
 //! - `runner.rs`: [`run`] / [`run_with`]: poll workers, dispatch of the
 //!   built-in commands, long-process threads, status loop, shutdown.
 //! - `request.rs`: [`RequestData`], the parsed queue item, and its typed

@@ -130,7 +130,8 @@ fn presented_key(req: &ServiceRequest) -> Option<String> {
     if let Some(key) = headers.get("X-API-Key").and_then(|v| v.to_str().ok()) {
         return Some(key.trim().to_owned());
     }
-    if req.method() == Method::GET && req.path().ends_with("/events") {
+    let path = req.path().to_ascii_lowercase();
+    if req.method() == Method::GET && path.starts_with("/v1/jobs/") && path.ends_with("/events") {
         return web::Query::<std::collections::HashMap<String, String>>::from_query(
             req.query_string(),
         )
@@ -156,8 +157,15 @@ fn check_key(state: &AppState, req: &ServiceRequest) -> Result<(), ApiError> {
     }
 }
 
-/// The origin of a browser request, and whether it is the server's own page
-/// or an allowed one.
+/// Whether a browser request's `Origin` is the server's own page or an
+/// allowed one; the refused origin otherwise. Requests without `Origin` are
+/// not from a web page.
+///
+/// The server's own page is `http(s)://<Host>`. To keep a page from another
+/// site that rebinds its DNS name to this machine from passing as that, a
+/// `Host` that is a DNS name counts only when it is `localhost` or an API
+/// key is set (which such a page cannot know); an IP address cannot be
+/// rebound.
 fn origin_allowed(state: &AppState, req: &ServiceRequest) -> Result<(), String> {
     let Some(origin) = req.headers().get(header::ORIGIN) else {
         return Ok(()); // not a browser page: curl, scripts, SDKs
@@ -168,8 +176,19 @@ fn origin_allowed(state: &AppState, req: &ServiceRequest) -> Result<(), String> 
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    let hostname = host
+        .rsplit_once(':')
+        .filter(|(_, port)| port.parse::<u16>().is_ok())
+        .map_or(host, |(name, _)| name);
+    let trusted_host = state.config.api_key.is_some()
+        || hostname.eq_ignore_ascii_case("localhost")
+        || hostname
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok();
     let own = [format!("http://{host}"), format!("https://{host}")];
-    if own.iter().any(|o| o.eq_ignore_ascii_case(origin))
+    if (trusted_host && own.iter().any(|o| o.eq_ignore_ascii_case(origin)))
         || state
             .config
             .allowed_origins

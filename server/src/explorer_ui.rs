@@ -3,7 +3,7 @@
 //! Between `<!-- START EXPLORER MARKUP -->` / `<!-- END EXPLORER MARKUP -->`,
 //! `// START EXPLORER SCRIPT` / `// END EXPLORER SCRIPT` and
 //! `/* START EXPLORER STYLE */` / `/* END EXPLORER STYLE */`, as CodeProject.AI
-//! Server 2.9 does (reference/codeproject-protocol.md §3 `UIElements`). The result
+//! Server 2.9 does (docs/protocol.md §3.3, `UIElements`). The result
 //! is `{"html","script","css"}` with each part empty when its markers are missing.
 
 use std::path::Path;

@@ -118,6 +118,35 @@ impl EventKind {
     }
 }
 
+/// The envelope and status keys of a reply, which are not a job's own
+/// status fields.
+const ENVELOPE_KEYS: &[&str] = &[
+    "success",
+    "message",
+    "error",
+    "commandId",
+    "commandStatus",
+    "moduleId",
+    "moduleName",
+    "code",
+    "command",
+    "requestId",
+    "inferenceDevice",
+    "processMs",
+    "analysisRoundTripMs",
+    "processedBy",
+    "timestampUTC",
+    modhost_protocol::PROGRESS_PUSH_FIELD,
+];
+
+/// `reply` less its [`ENVELOPE_KEYS`].
+fn without_envelope(mut reply: JsonMap) -> JsonMap {
+    for key in ENVELOPE_KEYS {
+        reply.remove(*key);
+    }
+    reply
+}
+
 /// How an event is stored: deltas as the end of their text in `reply`, so a
 /// long reply costs 16 bytes per delta beyond its text.
 #[derive(Debug, Clone)]
@@ -206,7 +235,7 @@ impl Job {
         created: SystemTime,
         running: &JsonMap,
     ) -> Job {
-        let mut fields = running.clone();
+        let mut fields = without_envelope(running.clone());
         let reply = match fields.remove(REPLY_FIELD) {
             Some(Value::String(text)) => text,
             _ => String::new(),
@@ -215,7 +244,11 @@ impl Job {
             Some(s) if CommandStatus::parse(s) == CommandStatus::Queued => JobStatus::Queued,
             _ => JobStatus::Running,
         };
-        let mut events = vec![Stored::Other(EventKind::Status(fields.clone()))];
+        // The first event is the module's whole running reply (its
+        // commandId first of all); the job keeps only its own fields.
+        let mut first = running.clone();
+        first.remove(REPLY_FIELD);
+        let mut events = vec![Stored::Other(EventKind::Status(first))];
         if !reply.is_empty() {
             events.push(Stored::Delta {
                 end: reply.len(),
@@ -417,24 +450,7 @@ impl Job {
                             }
                         }
                     }
-                    for key in [
-                        "success",
-                        "message",
-                        "commandId",
-                        "moduleId",
-                        "moduleName",
-                        "code",
-                        "command",
-                        "requestId",
-                        "inferenceDevice",
-                        "processMs",
-                        "analysisRoundTripMs",
-                        "processedBy",
-                        "timestampUTC",
-                    ] {
-                        fields.remove(key);
-                    }
-                    s.merge_fields(fields);
+                    s.merge_fields(without_envelope(fields));
                 }
                 // The module no longer knows the command (restarted, or it
                 // forgot it): it will never finish.
@@ -535,6 +551,18 @@ impl JobState {
     }
 
     fn fail(&mut self, failure: Failure) {
+        // A job that was being cancelled when its module went is cancelled.
+        let failure = if self.cancel_requested {
+            Failure::new(
+                FailureKind::Cancelled,
+                format!(
+                    "cancelled; the module could not confirm it: {}",
+                    failure.message
+                ),
+            )
+        } else {
+            failure
+        };
         self.status = if failure.kind == FailureKind::Cancelled {
             JobStatus::Cancelled
         } else {
@@ -780,6 +808,37 @@ mod tests {
     }
 
     #[test]
+    fn a_running_job_answers_in_the_python_sdk_s_words() {
+        let jobs = jobs(10);
+        let running = obj(
+            json!({"success": true, "commandId": "c1", "commandStatus": "running",
+            "message": "Command is running in the background", "moduleId": "LlamaChat",
+            "progressPush": true, "model": "tiny"}),
+        );
+        let job = jobs.start("c1", origin(), true, SystemTime::now(), &running);
+        jobs.push(
+            "LlamaChat",
+            "c1",
+            ProgressUpdate {
+                delta: "Hi".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            Value::Object(job.status_reply()),
+            json!({"success": true, "message": "The long running command is still in progress",
+                   "commandId": "c1", "commandStatus": "running", "reply": "Hi", "model": "tiny"})
+        );
+        let (events, _) = job.events_after(0);
+        assert_eq!(
+            events[0].kind.data()["commandId"],
+            "c1",
+            "the first event is the running reply"
+        );
+    }
+
+    #[test]
     fn a_resume_after_an_event_gets_exactly_what_follows() {
         let jobs = jobs(10);
         let job = start(&jobs, "c1", true);
@@ -867,6 +926,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(job.events_after(0).0.len(), events.len());
+    }
+
+    #[test]
+    fn a_job_being_cancelled_when_its_module_goes_is_cancelled() {
+        let jobs = jobs(10);
+        let job = start(&jobs, "c1", true);
+        job.cancel_requested();
+        jobs.fail_module(
+            "LlamaChat",
+            FailureKind::ModuleStopped,
+            "module LlamaChat was stopped",
+        );
+        assert_eq!(job.status(), JobStatus::Cancelled);
+        let (events, _) = job.events_after(0);
+        assert_eq!(events.last().unwrap().kind.data()["code"], "cancelled");
     }
 
     #[test]

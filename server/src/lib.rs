@@ -162,6 +162,10 @@ pub async fn run(
             )
         })?;
     let module_port = module_listener.local_addr()?.port();
+    // Both SDKs call `localhost`, which resolves to ::1 first on many
+    // systems: serve it there too where the machine has IPv6, so that no
+    // connection waits for a refused first try.
+    let module_listener_v6 = std::net::TcpListener::bind(("::1", module_port)).ok();
     logs.add(
         LogLevel::Information,
         "Server",
@@ -270,7 +274,13 @@ pub async fn run(
     .disable_signals()
     .shutdown_timeout(2)
     .listen(module_listener)
-    .context("serving the module listener")?
+    .context("serving the module listener")?;
+    let module_server = match module_listener_v6 {
+        Some(v6) => module_server
+            .listen(v6)
+            .context("serving the module listener on ::1")?,
+        None => module_server,
+    }
     .run();
     let handles = [server.handle(), module_server.handle()];
     let serving = [tokio::spawn(server), tokio::spawn(module_server)];

@@ -4,7 +4,7 @@
 //! server itself. Each gets a increasing `id` so the dashboard can ask for what
 //! is new (`last_id`). Files are `log-YYYY-MM-DD.txt` in the log directory,
 //! written by a dedicated thread so that disk writes never block the reactor.
-//! Wire format of CodeProject.AI Server 2.9, see reference/codeproject-protocol.md §1 "Logging".
+//! Wire format of CodeProject.AI Server 2.9, docs/protocol.md §1.6.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -32,14 +32,19 @@ pub const MAX_ENTRY_BYTES: usize = 8 * 1024;
 /// and other control characters written as escapes (`\n`), so that an entry
 /// can never forge further lines in the log file.
 fn sanitise(message: &str) -> std::borrow::Cow<'_, str> {
+    sanitise_cut(message, 0)
+}
+
+/// [`sanitise`] of a message whose source already left `dropped` bytes out.
+fn sanitise_cut(message: &str, dropped: usize) -> std::borrow::Cow<'_, str> {
     let needs_escape = message.chars().any(|c| c.is_control() && c != '\t');
     if message.contains(modhost_protocol::QUEUE_TOKEN_SEPARATOR) {
         let masked = mask_tokens(message);
         if masked != message {
-            return std::borrow::Cow::Owned(sanitise(&masked).into_owned());
+            return std::borrow::Cow::Owned(sanitise_cut(&masked, dropped).into_owned());
         }
     }
-    if message.len() <= MAX_ENTRY_BYTES && !needs_escape {
+    if message.len() <= MAX_ENTRY_BYTES && !needs_escape && dropped == 0 {
         return std::borrow::Cow::Borrowed(message);
     }
     let mut cut = message.len().min(MAX_ENTRY_BYTES);
@@ -56,8 +61,9 @@ fn sanitise(message: &str) -> std::borrow::Cow<'_, str> {
             c => out.push(c),
         }
     }
-    if cut < message.len() {
-        out.push_str(&format!(" … ({} more bytes not kept)", message.len() - cut));
+    let left_out = message.len() - cut + dropped;
+    if left_out > 0 {
+        out.push_str(&format!(" … ({left_out} more bytes not kept)"));
     }
     std::borrow::Cow::Owned(out)
 }
@@ -226,7 +232,21 @@ impl LogService {
     /// message is cut to [`MAX_ENTRY_BYTES`] and its line breaks escaped; the
     /// category and label to 256 bytes.
     pub fn add(&self, level: LogLevel, category: &str, label: &str, message: &str) -> u64 {
-        let message = sanitise(message);
+        self.add_cut(level, category, label, message, 0)
+    }
+
+    /// [`LogService::add`] for a message of which the source already left
+    /// `dropped` bytes out (a module's over-long output line): the entry says
+    /// how many bytes are missing in all.
+    pub fn add_cut(
+        &self,
+        level: LogLevel,
+        category: &str,
+        label: &str,
+        message: &str,
+        dropped: usize,
+    ) -> u64 {
+        let message = sanitise_cut(message, dropped);
         let category = sanitise(truncate(category, 256));
         let label = sanitise(truncate(label, 256));
         let (category, label) = (category.as_ref(), label.as_ref());

@@ -245,6 +245,10 @@ impl Queues {
         let q = queues.entry(queue.to_owned()).or_default();
         q.compact(pending);
         let full = if control {
+            if q.control.len() >= CONTROL_CAPACITY {
+                // Withdrawn items count until they are dropped: drop them first.
+                q.control.retain(|i| pending.contains_key(&i.reqid));
+            }
             q.control.len() >= CONTROL_CAPACITY
         } else {
             q.live >= self.capacity || (q.live > 0 && q.bytes + size > self.max_bytes)
@@ -596,6 +600,17 @@ mod tests {
             .unwrap();
         assert_eq!(first.reqid, "status");
         assert_eq!(queues.len("q"), 1);
+    }
+
+    #[tokio::test]
+    async fn withdrawn_control_items_never_fill_the_control_lane() {
+        let queues = Queues::new(4, 1 << 20);
+        for i in 0..3 * CONTROL_CAPACITY {
+            let ticket = queues
+                .enqueue_control("q", item(&format!("s{i}")), Origin::default())
+                .expect("the lane has room once withdrawn items go");
+            drop(ticket);
+        }
     }
 
     #[tokio::test]

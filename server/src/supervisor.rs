@@ -66,6 +66,17 @@ pub enum Control {
     Restart,
 }
 
+/// Why a start, stop or restart was not passed on.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The module cannot run here (unsupported platform): retrying won't help.
+    #[error("module '{0}' cannot be started here: it does not support this platform")]
+    NotHere(String),
+    /// Earlier requests for the module still wait to be acted on.
+    #[error("module '{0}' is busy with earlier requests; try again")]
+    Busy(String),
+}
+
 /// What every module launch needs from the server.
 pub struct LaunchContext {
     /// The port modules reach the server on (`CPAI_PORT`).
@@ -139,14 +150,16 @@ impl Supervisor {
     /// Sends `control` to a module's task.
     ///
     /// # Errors
-    /// A message when the module has no task (unknown id, or NotAvailable).
-    pub fn control(&self, module_id: &str, control: Control) -> Result<(), String> {
+    /// [`ControlError::NotHere`] when the module has no task (NotAvailable on
+    /// this platform); [`ControlError::Busy`] when earlier requests are still
+    /// waiting.
+    pub fn control(&self, module_id: &str, control: Control) -> Result<(), ControlError> {
         let tx = self
             .controls
             .get(&module_id.to_ascii_lowercase())
-            .ok_or_else(|| format!("module '{module_id}' cannot be started here"))?;
+            .ok_or_else(|| ControlError::NotHere(module_id.to_owned()))?;
         tx.try_send(control)
-            .map_err(|_| format!("module '{module_id}' is busy with earlier requests; try again"))
+            .map_err(|_| ControlError::Busy(module_id.to_owned()))
     }
 }
 
@@ -346,7 +359,12 @@ impl ModuleTask {
                 _ = tokio::time::sleep(backoff) => {}
                 control = self.controls.recv() => match control {
                     Some(Control::Stop) => self.mark_stopped(),
-                    Some(Control::Start | Control::Restart) => {}
+                    Some(Control::Start) => {}
+                    // Restart asks for a fresh start: the crash count too.
+                    Some(Control::Restart) => {
+                        crashes = 0;
+                        self.module.update(|s| s.crashes = 0);
+                    }
                     None => return,
                 },
                 _ = self.shutdown.cancelled() => { self.mark_stopped(); return; }
@@ -751,7 +769,7 @@ fn resolve_command(module: &Module, ctx: &LaunchContext) -> Result<(PathBuf, Vec
 
 /// The child's environment: server variables, the manifest's
 /// EnvironmentVariables (upper-cased keys, macros expanded), then the CPAI_*
-/// module variables where not already set (reference §3).
+/// module variables where not already set (docs/protocol.md §1.1).
 pub fn module_environment(module: &Module, ctx: &LaunchContext) -> Vec<(String, String)> {
     let settings = &module.manifest.settings;
     let launch = &settings.launch_settings;
@@ -810,7 +828,10 @@ pub fn module_environment(module: &Module, ctx: &LaunchContext) -> Vec<(String, 
     env
 }
 
-/// Logs each line a module prints, its level taken from a prefix.
+/// Logs each line a module prints, its level taken from a prefix. A line is
+/// kept up to [`MAX_LINE`] bytes (cut at a character boundary, saying how
+/// much was left out); the rest of it is read and dropped, so a module that
+/// prints without newlines cannot grow the server's memory.
 async fn pipe_lines(
     stream: impl AsyncRead + Unpin,
     logs: Arc<LogService>,
@@ -818,23 +839,54 @@ async fn pipe_lines(
     default: LogLevel,
 ) {
     let mut reader = BufReader::new(stream);
-    let mut buf = Vec::new();
+    let mut line = Vec::with_capacity(256);
+    let mut dropped = 0usize;
     loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                buf.truncate(MAX_LINE);
-                let line = String::from_utf8_lossy(&buf);
-                let line = line.trim_end();
-                if line.is_empty() {
-                    continue;
+        let (consumed, ended) = {
+            let Ok(buf) = reader.fill_buf().await else {
+                return;
+            };
+            if buf.is_empty() {
+                // End of output: a last line without a newline still counts.
+                if !line.is_empty() {
+                    log_line(&logs, &name, default, &line, dropped);
                 }
-                let (level, message) = LogLevel::from_line(line, default);
-                logs.add(level, &name, "", message);
+                return;
             }
+            let (take, ended) = match buf.iter().position(|&b| b == b'\n') {
+                Some(at) => (at + 1, true),
+                None => (buf.len(), false),
+            };
+            let room = MAX_LINE.saturating_sub(line.len());
+            let body = &buf[..if ended { take - 1 } else { take }];
+            let keep = body.len().min(room);
+            line.extend_from_slice(&body[..keep]);
+            dropped += body.len() - keep;
+            (take, ended)
+        };
+        reader.consume(consumed);
+        if ended {
+            log_line(&logs, &name, default, &line, dropped);
+            line.clear();
+            dropped = 0;
         }
     }
+}
+
+/// Logs one output line of a module; `dropped` bytes of it were not kept.
+fn log_line(logs: &LogService, name: &str, default: LogLevel, bytes: &[u8], dropped: usize) {
+    // A cut may have split a character: keep the valid part.
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(e) if e.error_len().is_none() => String::from_utf8_lossy(&bytes[..e.valid_up_to()]),
+        Err(_) => String::from_utf8_lossy(bytes),
+    };
+    let text = text.trim_end();
+    if text.is_empty() {
+        return;
+    }
+    let (level, message) = LogLevel::from_line(text, default);
+    logs.add_cut(level, name, "", message, dropped);
 }
 
 /// Copies an install script's output into `install.log` and the server log.
@@ -931,6 +983,29 @@ mod tests {
         assert!(!names.contains(&"MODHOST_TEST_SECRET_TOKEN"), "{names:?}");
         std::env::remove_var("MODHOST_TEST_SECRET_TOKEN");
         std::env::remove_var("MODHOST_TEST_ALLOWED_A");
+    }
+
+    #[tokio::test]
+    async fn a_huge_line_is_cut_and_the_next_one_kept() {
+        let logs = Arc::new(LogService::new(None));
+        let mut output = "é".repeat(MAX_LINE).into_bytes(); // 2 × MAX_LINE bytes
+        output.extend_from_slice(b"\nwarn: next line\nno newline at the end");
+        pipe_lines(
+            &output[..],
+            Arc::clone(&logs),
+            "M".into(),
+            LogLevel::Information,
+        )
+        .await;
+        let entries = logs.list(0, 10);
+        assert_eq!(entries.len(), 3, "{entries:?}");
+        assert!(entries[0]
+            .entry
+            .ends_with(&format!("… ({MAX_LINE} more bytes not kept)")));
+        assert!(entries[0].entry.len() < MAX_LINE + 64);
+        assert_eq!(entries[1].entry, "M: next line");
+        assert_eq!(entries[1].level, LogLevel::Warning);
+        assert_eq!(entries[2].entry, "M: no newline at the end");
     }
 
     #[test]

@@ -21,17 +21,21 @@
 //! all cores).
 
 use std::num::NonZeroU32;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use common::{
+    bench_model, build_release_binaries, machine, median, ms, num_cpus, percentile, rss_mib,
+};
 use llama_chat::engine::{backend, EngineConfig, LlamaEngine};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::sampling::LlamaSampler;
-use modhost_tests::{workspace_root, write_demo_model, ModuleDir, Server};
+use modhost_tests::{ModuleDir, Server};
+
+mod common;
 use serde_json::Value;
 
 const PROMPT: &str = "Tell me about the planets of the solar system, one by one.";
@@ -97,61 +101,6 @@ async fn run(options: Options) -> Result<()> {
     Ok(())
 }
 
-/// `cargo build --release` of what the benchmarks launch: this file only
-/// drives them, so they are rebuilt to match the source.
-fn build_release_binaries() -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .current_dir(workspace_root())
-        .args([
-            "build",
-            "--release",
-            "--bins",
-            "--examples",
-            "-p",
-            "modhost",
-            "-p",
-            "llama_chat",
-            "-p",
-            "modhost-sdk",
-        ])
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build --release failed");
-    }
-    Ok(())
-}
-
-fn num_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn machine() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
-/// Resident set of a process, in MiB (VmRSS).
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 // ---------------------------------------------------------------- host overhead
 
 /// Latency figures of one load run.
@@ -199,17 +148,6 @@ async fn load(url: &str, clients: usize, total: usize) -> Result<Load> {
         p99: percentile(&times, 0.99),
         per_second: times.len() as f64 / elapsed.as_secs_f64(),
     })
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 async fn host_overhead(options: &Options) -> Result<()> {
@@ -366,28 +304,6 @@ fn bare_server(body: String) -> Result<()> {
 struct ChatRun {
     tokens_per_second: f64,
     ttft_ms: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// The demo model `preset`, written once into `target/bench-models/`.
-fn bench_model(preset: &str) -> Result<PathBuf> {
-    let dir = modhost_tests::profile_dir()
-        .parent()
-        .context("target dir")?
-        .join("bench-models");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("modhost-demo-{preset}.gguf"));
-    if !path.exists() {
-        println!("(writing the {preset} demo model to {})", path.display());
-        let tmp = dir.join(format!("writing-{preset}.gguf"));
-        write_demo_model(preset, &tmp)?;
-        std::fs::rename(&tmp, &path)?;
-    }
-    Ok(path)
 }
 
 /// A context like the module's: the engine's size, batch 512, `threads`.

@@ -501,3 +501,60 @@ async fn markup_in_a_reply_is_shown_as_text_and_never_runs() {
     );
     browser.screenshot("chat-markup").await;
 }
+
+/// With an API key set, the dashboard asks for it once, keeps it for the
+/// tab, and works from then on.
+#[tokio::test]
+async fn the_dashboard_asks_for_the_api_key_once_and_keeps_it() {
+    let _turn = TURN.lock().await;
+    let root = Server::root().unwrap();
+    let dir = root.path().join("modules/Fake");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("modulesettings.json"),
+        r#"{ "Modules": { "Fake": { "Name": "Fake", "Version": "1.0.0",
+            "LaunchSettings": { "Command": "sleep 600", "Runtime": "execute", "AutoStart": true },
+            "RouteMaps": [ { "Name": "w", "Route": "fake/w", "Method": "POST", "Command": "w" } ] } } }"#,
+    )
+    .unwrap();
+    const KEY: &str = "browser-key-0123456789";
+    let server = Server::start(root, &["--api-key", KEY]).await.unwrap();
+    let browser = Browser::start().await;
+    browser.client.goto(&server.url("/")).await.unwrap();
+    // The first refused request asks; nothing else may touch the page while
+    // the prompt is open (the driver would dismiss it).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let question = loop {
+        if let Ok(text) = browser.client.get_alert_text().await {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dashboard never asked for the key"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(question.contains("API key"), "{question}");
+    browser.client.send_alert_text(KEY).await.unwrap();
+    browser.client.accept_alert().await.unwrap();
+    let row = "tr[data-module-id=\"Fake\"] .status";
+    browser
+        .wait_text(row, Duration::from_secs(20), |t| !t.is_empty())
+        .await;
+    let stored = browser
+        .client
+        .execute("return sessionStorage.getItem('modhost.apiKey')", vec![])
+        .await
+        .unwrap();
+    assert_eq!(stored, KEY);
+    // A reload uses the kept key: no second question.
+    browser.client.refresh().await.unwrap();
+    browser
+        .wait_text(row, Duration::from_secs(20), |t| !t.is_empty())
+        .await;
+    assert!(
+        browser.client.get_alert_text().await.is_err(),
+        "asked for the key again"
+    );
+    browser.screenshot("dashboard-with-key").await;
+}

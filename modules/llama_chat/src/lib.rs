@@ -1,7 +1,7 @@
 //! LlamaChat: a modhost module that chats with a local GGUF model through llama.cpp
 //! (the `llama-cpp-2` bindings), as a drop-in for CodeProject.AI Server's LlamaChat
 //! module (route `text/chat`, command `prompt`, a long-running command polled with
-//! `get_command_status`; see reference/codeproject-protocol.md §4).
+//! `get_command_status`; see modules/llama_chat/README.md and docs/protocol.md §1.7).
 //!
 //! Layout:
 //! - [`engine`]: the [`engine::Generator`] trait and [`engine::LlamaEngine`], which

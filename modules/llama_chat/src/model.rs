@@ -2,7 +2,7 @@
 //! from the Hugging Face Hub, or the generated demo model.
 //!
 //! Configured as CodeProject.AI's LlamaChat is, by environment variables the
-//! server passes from the manifest (reference/codeproject-protocol.md §4
+//! server passes from the manifest (modules/llama_chat/README.md;
 //! "Model"):
 //!
 //! | variable | meaning |

@@ -12,10 +12,10 @@
 use std::time::{Instant, SystemTime};
 
 use actix_web::{web, Either, HttpRequest, HttpResponse, Responder};
-use modhost_protocol::{JsonMap, ReplyMeta};
+use modhost_protocol::{FailureKind, JsonMap, ReplyMeta};
 use serde_json::json;
 
-use crate::error::{failure_json, ApiError};
+use crate::error::ApiError;
 use crate::payload::{self, BodyLimits};
 use crate::AppState;
 
@@ -65,7 +65,10 @@ async fn command(
     let reply = match state.commands.run(target, values).await {
         Ok(reply) => reply,
         Err(failure) if stream => {
-            return Ok(Either::Left(one_event("error", &failure_json(&failure))));
+            return Ok(Either::Left(one_event(
+                "error",
+                &json!({"code": failure.kind.code(), "message": failure.message}),
+            )));
         }
         Err(failure) => return Err(failure.into()),
     };
@@ -79,10 +82,22 @@ async fn command(
         .then(|| meta.command_id.as_deref().and_then(|id| state.jobs.get(id)))
         .flatten();
     let Some(job) = job else {
-        let name = if meta.success { "done" } else { "error" };
+        // A plain command: its reply is the `done` event; a module's error
+        // is an `error` event of the same shape as a job's.
+        if meta.success {
+            return Ok(Either::Left(one_event(
+                "done",
+                &serde_json::Value::Object(reply),
+            )));
+        }
+        let message = reply
+            .get("error")
+            .and_then(|e| e.as_str())
+            .unwrap_or("the command failed");
+        let code = FailureKind::CommandFailed.code();
         return Ok(Either::Left(one_event(
-            name,
-            &serde_json::Value::Object(reply),
+            "error",
+            &json!({"code": code, "message": message}),
         )));
     };
     let cancel = (!state.config.keep_jobs_on_disconnect).then_some(module);

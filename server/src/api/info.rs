@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::registry::{Module, ModuleStatus};
-use crate::supervisor::Control;
+use crate::supervisor::{Control, ControlError};
 use crate::{envelope, AppState, COMPATIBLE_VERSION};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -254,8 +254,11 @@ async fn change_setting(
     state
         .supervisor
         .control(module.id(), control)
-        .map_err(|message| {
-            ApiError::failure(modhost_protocol::FailureKind::ModuleNotRunning, message)
+        .map_err(|err| match err {
+            ControlError::NotHere(_) => ApiError::BadRequest(err.to_string()),
+            ControlError::Busy(_) => {
+                ApiError::failure(modhost_protocol::FailureKind::QueueFull, err.to_string())
+            }
         })?;
     Ok(HttpResponse::Ok().json(envelope(json!({
         "message": format!("{control:?} requested for module {}", module.id()),

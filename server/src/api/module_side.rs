@@ -151,6 +151,13 @@ async fn poll(
     let Some(module) = polling_module(&state, &queue, query.module_id.as_deref()) else {
         return refused(format!("no module serves queue '{queue}'"));
     };
+    if module.queue != queue {
+        return refused(format!(
+            "module {} takes commands from queue '{}', not '{queue}'",
+            module.id(),
+            module.queue
+        ));
+    }
     let launch = match authorize(&state, &module, token.as_deref(), true) {
         Ok(launch) => launch,
         Err(response) => return response,

@@ -1,0 +1,114 @@
+//! What the benchmark binaries share: building the release binaries they
+//! drive, machine facts, percentiles, and the demo models written once.
+
+#![allow(dead_code)] // each benchmark binary uses its own part
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use modhost_tests::{workspace_root, write_demo_model};
+
+/// `cargo build --release` of what the benchmarks launch: this file only
+/// drives them, so they are rebuilt to match the source.
+pub fn build_release_binaries() -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "--release",
+            "--bins",
+            "--examples",
+            "-p",
+            "modhost",
+            "-p",
+            "llama_chat",
+            "-p",
+            "modhost-sdk",
+        ])
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build --release failed");
+    }
+    Ok(())
+}
+
+pub fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+pub fn machine() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// Resident set of a process, in MiB (VmRSS).
+pub fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+pub fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The demo model `preset`, written once into `target/bench-models/`.
+pub fn bench_model(preset: &str) -> Result<PathBuf> {
+    let dir = modhost_tests::profile_dir()
+        .parent()
+        .context("target dir")?
+        .join("bench-models");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("modhost-demo-{preset}.gguf"));
+    if !path.exists() {
+        println!("(writing the {preset} demo model to {})", path.display());
+        let tmp = dir.join(format!("writing-{preset}.gguf"));
+        write_demo_model(preset, &tmp)?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(path)
+}
+
+/// Raises this process's soft open-file limit to its hard limit, for
+/// benchmarks that open thousands of connections.
+pub fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
