@@ -112,23 +112,12 @@ impl Commands {
         module: &Arc<Module>,
         command_id: Option<&str>,
     ) -> Result<JsonMap, Failure> {
-        let Some(id) = command_id.filter(|id| !id.is_empty()) else {
-            return Ok(server_reply(
-                module,
-                GET_COMMAND_STATUS_COMMAND,
-                status_reply::unknown(None),
-            ));
-        };
-        let Some(job) = self
-            .jobs
-            .get(id)
-            .filter(|j| j.origin.module_id == module.id())
-        else {
-            return Ok(server_reply(
-                module,
-                GET_COMMAND_STATUS_COMMAND,
-                status_reply::unknown(Some(id)),
-            ));
+        let (id, job) = match self.find_job(module, command_id) {
+            Ok(found) => found,
+            Err(id) => {
+                let reply = status_reply::unknown(id);
+                return Ok(server_reply(module, GET_COMMAND_STATUS_COMMAND, reply));
+            }
         };
         if job.pushes || job.status().is_final() {
             return Ok(server_reply(
@@ -154,23 +143,12 @@ impl Commands {
         module: &Arc<Module>,
         command_id: Option<&str>,
     ) -> Result<JsonMap, Failure> {
-        let Some(id) = command_id.filter(|id| !id.is_empty()) else {
-            return Ok(server_reply(
-                module,
-                CANCEL_COMMAND,
-                cancel_reply::unknown(None),
-            ));
-        };
-        let Some(job) = self
-            .jobs
-            .get(id)
-            .filter(|j| j.origin.module_id == module.id())
-        else {
-            return Ok(server_reply(
-                module,
-                CANCEL_COMMAND,
-                cancel_reply::unknown(Some(id)),
-            ));
+        let (id, job) = match self.find_job(module, command_id) {
+            Ok(found) => found,
+            Err(id) => {
+                let reply = cancel_reply::unknown(id);
+                return Ok(server_reply(module, CANCEL_COMMAND, reply));
+            }
         };
         if job.status().is_final() {
             let status = match job.status() {
@@ -185,6 +163,21 @@ impl Commands {
         }
         job.cancel_requested();
         self.control(module, CANCEL_COMMAND, id).await
+    }
+
+    /// `module`'s job `command_id`, with its id; `Err` with the id (`None`
+    /// when none was given) when the server knows no such job.
+    fn find_job<'a>(
+        &self,
+        module: &Module,
+        command_id: Option<&'a str>,
+    ) -> Result<(&'a str, Arc<Job>), Option<&'a str>> {
+        let id = command_id.filter(|id| !id.is_empty()).ok_or(None)?;
+        self.jobs
+            .get(id)
+            .filter(|j| j.origin.module_id == module.id())
+            .map(|job| (id, job))
+            .ok_or(Some(id))
     }
 
     /// Sends `command` (`get_command_status` or `cancel_command`) for

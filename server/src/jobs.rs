@@ -147,11 +147,14 @@ fn without_envelope(mut reply: JsonMap) -> JsonMap {
     reply
 }
 
-/// How an event is stored: deltas as the end of their text in `reply`, so a
-/// long reply costs 16 bytes per delta beyond its text.
+/// How an event is stored: a delta as the range of its text in `reply`, so
+/// a long reply costs a few bytes per delta beyond its text. (When a module
+/// rewrites its text instead of extending it, the deltas before are turned
+/// into owned text first.)
 #[derive(Debug, Clone)]
 enum Stored {
     Delta {
+        start: usize,
         end: usize,
         produced_at_us: Option<u64>,
     },
@@ -251,6 +254,7 @@ impl Job {
         let mut events = vec![Stored::Other(EventKind::Status(first))];
         if !reply.is_empty() {
             events.push(Stored::Delta {
+                start: 0,
                 end: reply.len(),
                 produced_at_us: None,
             });
@@ -333,33 +337,27 @@ impl Job {
     /// (no more will come once these are read).
     pub fn events_after(&self, after: u64) -> (Vec<Event>, bool) {
         let s = self.state.lock();
-        let mut out = Vec::new();
-        let mut delta_start = 0;
-        for (i, stored) in s.events.iter().enumerate() {
-            let id = i as u64 + 1;
-            match stored {
-                Stored::Delta {
-                    end,
-                    produced_at_us,
-                } => {
-                    if id > after {
-                        out.push(Event {
-                            id,
-                            kind: EventKind::Delta {
-                                text: s.reply[delta_start..*end].to_owned(),
-                                produced_at_us: *produced_at_us,
-                            },
-                        });
-                    }
-                    delta_start = *end;
-                }
-                Stored::Other(kind) if id > after => out.push(Event {
-                    id,
-                    kind: kind.clone(),
-                }),
-                Stored::Other(_) => {}
-            }
-        }
+        let skip = usize::try_from(after).unwrap_or(usize::MAX);
+        let out = s
+            .events
+            .iter()
+            .enumerate()
+            .skip(skip)
+            .map(|(i, stored)| Event {
+                id: i as u64 + 1,
+                kind: match stored {
+                    Stored::Delta {
+                        start,
+                        end,
+                        produced_at_us,
+                    } => EventKind::Delta {
+                        text: s.reply[*start..*end].to_owned(),
+                        produced_at_us: *produced_at_us,
+                    },
+                    Stored::Other(kind) => kind.clone(),
+                },
+            })
+            .collect();
         (out, s.status.is_final())
     }
 
@@ -442,12 +440,7 @@ impl Job {
                             Some(delta) => s.append(delta, None),
                             // The text was rewritten, not extended: say so
                             // as a status change carrying the whole text.
-                            None => {
-                                s.reply = text.clone();
-                                let mut changed = JsonMap::new();
-                                changed.insert(REPLY_FIELD.into(), text.into());
-                                s.events.push(Stored::Other(EventKind::Status(changed)));
-                            }
+                            None => s.rewrite(text),
                         }
                     }
                     s.merge_fields(without_envelope(fields));
@@ -493,11 +486,35 @@ impl JobState {
         if delta.is_empty() {
             return;
         }
+        let start = self.reply.len();
         self.reply.push_str(delta);
         self.events.push(Stored::Delta {
+            start,
             end: self.reply.len(),
             produced_at_us,
         });
+    }
+
+    /// Replaces the text with `text`, which does not extend it: the deltas
+    /// so far keep their own text, and a `status` event carries the new one.
+    fn rewrite(&mut self, text: String) {
+        for stored in &mut self.events {
+            if let Stored::Delta {
+                start,
+                end,
+                produced_at_us,
+            } = *stored
+            {
+                *stored = Stored::Other(EventKind::Delta {
+                    text: self.reply[start..end].to_owned(),
+                    produced_at_us,
+                });
+            }
+        }
+        self.reply = text.clone();
+        let mut changed = JsonMap::new();
+        changed.insert(REPLY_FIELD.into(), text.into());
+        self.events.push(Stored::Other(EventKind::Status(changed)));
     }
 
     /// Merges changed fields; a status event carries only what changed.
@@ -879,6 +896,26 @@ mod tests {
         assert!(ended);
         assert_eq!(texts(&events), "The sun.");
         assert_eq!(job.status(), JobStatus::Completed);
+    }
+
+    #[test]
+    fn a_rewritten_text_keeps_the_deltas_that_came_before() {
+        let jobs = jobs(10);
+        let job = start(&jobs, "c1", false);
+        for text in ["abc", "xy", "xyz"] {
+            jobs.observe(
+                "LlamaChat",
+                "c1",
+                &obj(json!({"commandStatus": "running", "reply": text})),
+            );
+        }
+        let (events, _) = job.events_after(0);
+        let data: Vec<Value> = events.iter().map(|e| e.kind.data()).collect();
+        assert_eq!(data[1], json!({"text": "abc"}));
+        assert_eq!(data[2], json!({"reply": "xy"}));
+        assert_eq!(data[3], json!({"text": "z"}));
+        assert_eq!(job.view().reply, "xyz");
+        assert_eq!(job.events_after(3).0[0].kind.data(), json!({"text": "z"}));
     }
 
     #[test]

@@ -102,24 +102,25 @@ fn refused(reason: impl std::fmt::Display) -> HttpResponse {
 /// Which launch of `module` makes this call, given the token it carried.
 ///
 /// # Errors
-/// A 403 answer for a stale token, or for a call without a token when one is
-/// required (`need_token`) and external modules are not allowed.
+/// Why the call is refused (answered 403 with [`refused`]): a stale token,
+/// or no token when one is required (`need_token`) and external modules are
+/// not allowed.
 fn authorize(
     state: &AppState,
     module: &Module,
     token: Option<&str>,
     need_token: bool,
-) -> Result<u64, HttpResponse> {
+) -> Result<u64, String> {
     match module.caller(token) {
         Ok(Caller::Launch(launch)) => Ok(launch),
         Ok(Caller::Untokened) if !need_token || state.config.allow_external_modules => Ok(0),
-        Ok(Caller::Untokened) => Err(refused(format!(
+        Ok(Caller::Untokened) => Err(format!(
             "module {} must present its launch token (the {TOKEN_HEADER} header, or the queue \
              name in CPAI_MODULE_QUEUENAME); a module started by hand needs the server's \
              allow_external_modules setting",
             module.id()
-        ))),
-        Err(err) => Err(refused(err)),
+        )),
+        Err(err) => Err(err.to_string()),
     }
 }
 
@@ -160,7 +161,7 @@ async fn poll(
     }
     let launch = match authorize(&state, &module, token.as_deref(), true) {
         Ok(launch) => launch,
-        Err(response) => return response,
+        Err(why) => return refused(why),
     };
     if launch == 0 {
         // A module started outside the server (allowed): it runs, so it is
@@ -214,8 +215,8 @@ async fn reply(
     // the command.
     if let (Some(token), Some(taker)) = (header_token(&req), state.queues.taker(&reqid)) {
         if let Some(module) = state.registry.get(&taker.module_id) {
-            if let Err(response) = authorize(&state, module, Some(&token), true) {
-                return response;
+            if let Err(why) = authorize(&state, module, Some(&token), true) {
+                return refused(why);
             }
         }
     }
@@ -323,8 +324,8 @@ async fn progress(
             .content_type("text/plain")
             .body("progress needs the moduleId of a known module");
     };
-    if let Err(response) = authorize(&state, &module, header_token(&req).as_deref(), true) {
-        return response;
+    if let Err(why) = authorize(&state, &module, header_token(&req).as_deref(), true) {
+        return refused(why);
     }
     let limits = crate::payload::BodyLimits {
         max_bytes: state.config.max_body_bytes,
@@ -371,8 +372,8 @@ async fn update_status(
         return HttpResponse::NotFound().body("Module status data not updated");
     };
     let token = header_token(&req);
-    if let Err(response) = authorize(&state, &module, token.as_deref(), !from_loopback(&req)) {
-        return response;
+    if let Err(why) = authorize(&state, &module, token.as_deref(), !from_loopback(&req)) {
+        return refused(why);
     }
     module.seen();
     if let Some(text) = &form.status_data {
