@@ -423,11 +423,8 @@ impl Job {
                 Some(
                     CommandStatus::Completed | CommandStatus::Failed | CommandStatus::Cancelled,
                 ) => {
-                    if let Some(Value::String(text)) = fields.get(REPLY_FIELD) {
-                        if let Some(delta) = text.strip_prefix(s.reply.as_str()) {
-                            let delta = delta.to_owned();
-                            s.append(&delta, None);
-                        }
+                    if let Some(Value::String(text)) = fields.remove(REPLY_FIELD) {
+                        s.update_text(text);
                     }
                     s.finish_with(reply);
                 }
@@ -436,12 +433,7 @@ impl Job {
                         s.start();
                     }
                     if let Some(Value::String(text)) = fields.remove(REPLY_FIELD) {
-                        match text.strip_prefix(s.reply.as_str()) {
-                            Some(delta) => s.append(delta, None),
-                            // The text was rewritten, not extended: say so
-                            // as a status change carrying the whole text.
-                            None => s.rewrite(text),
-                        }
+                        s.update_text(text);
                     }
                     s.merge_fields(without_envelope(fields));
                 }
@@ -493,6 +485,19 @@ impl JobState {
             end: self.reply.len(),
             produced_at_us,
         });
+    }
+
+    /// Takes the module's whole text so far: what extends the known text is
+    /// a delta; a text that was rewritten instead is a status change
+    /// carrying all of it.
+    fn update_text(&mut self, text: String) {
+        match text.strip_prefix(self.reply.as_str()) {
+            Some(delta) => {
+                let delta = delta.to_owned();
+                self.append(&delta, None);
+            }
+            None => self.rewrite(text),
+        }
     }
 
     /// Replaces the text with `text`, which does not extend it: the deltas

@@ -55,22 +55,14 @@ pub struct Origin {
     pub command: String,
 }
 
-/// A module process that took a command: the module and the launch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Taker {
-    pub module_id: String,
-    /// The supervisor's launch number of the process that polled.
-    pub launch: u64,
-}
-
 struct Pending {
     queue: String,
     /// The bytes it counts against its queue while queued.
     size: usize,
     /// True while it waits in the control lane rather than the FIFO.
     control: bool,
-    /// The process that took the command, once a poll handed it out.
-    taker: Option<Taker>,
+    /// The module that took the command, once a poll handed it out.
+    taker: Option<String>,
     origin: Origin,
     queued_at: std::time::SystemTime,
     reply: oneshot::Sender<CommandResult>,
@@ -297,7 +289,7 @@ impl Queues {
     pub async fn dequeue(
         &self,
         queue: &str,
-        taker: Taker,
+        taker: &str,
         wait: Duration,
         poller_alive: impl Fn() -> bool,
     ) -> Option<QueueItem> {
@@ -334,7 +326,7 @@ impl Queues {
                             q.live -= 1;
                             q.bytes -= p.size;
                         }
-                        p.taker = Some(taker);
+                        p.taker = Some(taker.to_owned());
                     }
                     return Some(item);
                 }
@@ -363,7 +355,7 @@ impl Queues {
     }
 
     /// Who took `reqid`, while it is pending.
-    pub fn taker(&self, reqid: &str) -> Option<Taker> {
+    pub fn taker(&self, reqid: &str) -> Option<String> {
         self.inner
             .lock()
             .pending
@@ -386,7 +378,7 @@ impl Queues {
         let mut doomed: Vec<String> = inner
             .pending
             .iter()
-            .filter(|(_, p)| p.taker.as_ref().is_some_and(|t| t.module_id == module_id))
+            .filter(|(_, p)| p.taker.as_deref() == Some(module_id))
             .map(|(id, _)| id.clone())
             .collect();
         if let Some(queue) = queue {
@@ -428,7 +420,7 @@ impl Queues {
             inner
                 .pending
                 .values()
-                .filter(|p| p.taker.as_ref().is_some_and(|t| t.module_id == module_id))
+                .filter(|p| p.taker.as_deref() == Some(module_id))
                 .count()
         };
         in_flight + self.len(queue)
@@ -454,12 +446,8 @@ mod tests {
         item
     }
 
-    fn m() -> Taker {
-        Taker {
-            module_id: "M".into(),
-            launch: 1,
-        }
-    }
+    /// The module the tests' polls are from.
+    const M: &str = "M";
 
     fn reply(value: serde_json::Value) -> CommandResult {
         Ok(value.as_object().cloned().unwrap())
@@ -472,11 +460,11 @@ mod tests {
             .enqueue("echo_queue", item("r1"), Origin::default())
             .unwrap();
         let got = queues
-            .dequeue("echo_queue", m(), Duration::from_secs(1), || true)
+            .dequeue("echo_queue", M, Duration::from_secs(1), || true)
             .await
             .unwrap();
         assert_eq!(got.reqid, "r1");
-        assert_eq!(queues.taker("r1"), Some(m()));
+        assert_eq!(queues.taker("r1"), Some(M.to_owned()));
         queues.take("r1").unwrap().send(reply(json!({"ok": 1})));
         assert_eq!(
             ticket.wait(Duration::from_secs(1)).await,
@@ -489,9 +477,7 @@ mod tests {
         let queues = Queues::new(4, 1 << 20);
         let q2 = Arc::clone(&queues);
         let poll =
-            tokio::spawn(
-                async move { q2.dequeue("q", m(), Duration::from_secs(5), || true).await },
-            );
+            tokio::spawn(async move { q2.dequeue("q", M, Duration::from_secs(5), || true).await });
         tokio::task::yield_now().await;
         let _ticket = queues.enqueue("q", item("r1"), Origin::default()).unwrap();
         let got = tokio::time::timeout(Duration::from_secs(2), poll)
@@ -505,7 +491,7 @@ mod tests {
     async fn empty_poll_returns_none_after_the_wait() {
         let queues = Queues::new(4, 1 << 20);
         assert!(queues
-            .dequeue("q", m(), Duration::from_millis(30), || true)
+            .dequeue("q", M, Duration::from_millis(30), || true)
             .await
             .is_none());
     }
@@ -537,7 +523,7 @@ mod tests {
             .unwrap();
         // Taking a command frees its bytes.
         queues
-            .dequeue("q", m(), Duration::from_millis(10), || true)
+            .dequeue("q", M, Duration::from_millis(10), || true)
             .await
             .unwrap();
         let _b = queues
@@ -562,7 +548,7 @@ mod tests {
             .enqueue("q", item("live"), Origin::default())
             .unwrap();
         let got = queues
-            .dequeue("q", m(), Duration::from_millis(50), || true)
+            .dequeue("q", M, Duration::from_millis(50), || true)
             .await
             .unwrap();
         assert_eq!(got.reqid, "live");
@@ -595,7 +581,7 @@ mod tests {
             .enqueue_control("q", item("status"), Origin::default())
             .unwrap();
         let first = queues
-            .dequeue("q", m(), Duration::from_millis(10), || true)
+            .dequeue("q", M, Duration::from_millis(10), || true)
             .await
             .unwrap();
         assert_eq!(first.reqid, "status");
@@ -616,12 +602,12 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_poll_takes_nothing() {
         let queues = Queues::new(4, 1 << 20);
-        let poll = queues.dequeue("q", m(), Duration::from_secs(5), || true);
+        let poll = queues.dequeue("q", M, Duration::from_secs(5), || true);
         // Dropped before the command exists: like a client that disconnected.
         drop(poll);
         let _ticket = queues.enqueue("q", item("r1"), Origin::default()).unwrap();
         let got = queues
-            .dequeue("q", m(), Duration::from_millis(50), || true)
+            .dequeue("q", M, Duration::from_millis(50), || true)
             .await;
         assert_eq!(got.unwrap().reqid, "r1");
     }
@@ -632,14 +618,10 @@ mod tests {
         let (q1, q2) = (Arc::clone(&queues), Arc::clone(&queues));
         // The dead poll waits first, so it is the one a new command wakes.
         let dead =
-            tokio::spawn(
-                async move { q1.dequeue("q", m(), Duration::from_secs(5), || false).await },
-            );
+            tokio::spawn(async move { q1.dequeue("q", M, Duration::from_secs(5), || false).await });
         tokio::task::yield_now().await;
         let live =
-            tokio::spawn(
-                async move { q2.dequeue("q", m(), Duration::from_secs(5), || true).await },
-            );
+            tokio::spawn(async move { q2.dequeue("q", M, Duration::from_secs(5), || true).await });
         tokio::task::yield_now().await;
         let _ticket = queues.enqueue("q", item("r1"), Origin::default()).unwrap();
         let dead = tokio::time::timeout(Duration::from_secs(2), dead)
@@ -659,7 +641,7 @@ mod tests {
         let queues = Queues::new(4, 1 << 20);
         let in_flight = queues.enqueue("q", item("a"), Origin::default()).unwrap();
         queues
-            .dequeue("q", m(), Duration::from_millis(10), || true)
+            .dequeue("q", M, Duration::from_millis(10), || true)
             .await
             .unwrap();
         let queued = queues.enqueue("q", item("b"), Origin::default()).unwrap();

@@ -23,7 +23,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::logs::{LogLevel, MAX_ENTRY_BYTES};
-use crate::queue::Taker;
 use crate::registry::{Caller, Module, ModuleStatus};
 use crate::{envelope, AppState};
 
@@ -99,7 +98,8 @@ fn refused(reason: impl std::fmt::Display) -> HttpResponse {
         .body(reason.to_string())
 }
 
-/// Which launch of `module` makes this call, given the token it carried.
+/// Who makes this call as `module`, given the token it carried: its current
+/// launch, or (where allowed) a caller without a token.
 ///
 /// # Errors
 /// Why the call is refused (answered 403 with [`refused`]): a stale token,
@@ -110,10 +110,12 @@ fn authorize(
     module: &Module,
     token: Option<&str>,
     need_token: bool,
-) -> Result<u64, String> {
+) -> Result<Caller, String> {
     match module.caller(token) {
-        Ok(Caller::Launch(launch)) => Ok(launch),
-        Ok(Caller::Untokened) if !need_token || state.config.allow_external_modules => Ok(0),
+        Ok(caller @ Caller::Launch(_)) => Ok(caller),
+        Ok(Caller::Untokened) if !need_token || state.config.allow_external_modules => {
+            Ok(Caller::Untokened)
+        }
         Ok(Caller::Untokened) => Err(format!(
             "module {} must present its launch token (the {TOKEN_HEADER} header, or the queue \
              name in CPAI_MODULE_QUEUENAME); a module started by hand needs the server's \
@@ -159,11 +161,11 @@ async fn poll(
             module.queue
         ));
     }
-    let launch = match authorize(&state, &module, token.as_deref(), true) {
-        Ok(launch) => launch,
+    let caller = match authorize(&state, &module, token.as_deref(), true) {
+        Ok(caller) => caller,
         Err(why) => return refused(why),
     };
-    if launch == 0 {
+    if caller == Caller::Untokened {
         // A module started outside the server (allowed): it runs, so it is
         // Started, as CodeProject marks any module that polls.
         module.update(|s| {
@@ -182,16 +184,12 @@ async fn poll(
         };
         module.update(|s| s.inference_device = Some(device.to_owned()));
     }
-    let taker = Taker {
-        module_id: module.id().to_owned(),
-        launch,
-    };
     // A module that went away while waiting (crashed, or its client timed
     // out) is not handed a command: dequeue asks first.
     tracing::debug!(queue, module = module.id(), "poll waiting");
     match state
         .queues
-        .dequeue(&queue, taker, POLL_WAIT, || {
+        .dequeue(&queue, module.id(), POLL_WAIT, || {
             crate::conn::client_connected(&req)
         })
         .await
@@ -214,7 +212,7 @@ async fn reply(
     // A token, when sent, must be the current one of the module that took
     // the command.
     if let (Some(token), Some(taker)) = (header_token(&req), state.queues.taker(&reqid)) {
-        if let Some(module) = state.registry.get(&taker.module_id) {
+        if let Some(module) = state.registry.get(&taker) {
             if let Err(why) = authorize(&state, module, Some(&token), true) {
                 return refused(why);
             }
