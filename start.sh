@@ -14,6 +14,8 @@ ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1 ||
   || die "libclang is missing (llama.cpp's bindings need it): sudo apt-get install -y libclang-dev"
 
 echo "==> building modhost and LlamaChat (release; the first build compiles llama.cpp and takes several minutes)"
+# The same packages as modules/llama_chat/install.sh builds, so that either
+# reuses the other's build (cargo unifies features over the packages named).
 cargo build --release --locked -p modhost -p llama_chat
 
 echo "==> installing LlamaChat"

@@ -76,6 +76,13 @@
 
   // ---- modules -----------------------------------------------------------
 
+  // How a status word reads on the page, where CodeProject's word is not
+  // plain English; the word itself stays in `data-status` and the tooltip.
+  const STATUS_LABELS = {
+    NoAutoStart: 'Ready', NotStarted: 'Not started', NotAvailable: 'Not available',
+    FailedStart: 'Failed to start',
+  };
+
   // Rows are built once and updated in place, so a button is never replaced
   // under the user's pointer.
   function buildRow(m) {
@@ -112,7 +119,8 @@
     tr.dataset.status = s;
     text(cells.name, m.name);
     text(cells.id, m.moduleId !== m.name ? m.moduleId : '');
-    text(cells.status, s);
+    text(cells.status, STATUS_LABELS[s] || s);
+    cells.status.title = s;
     cells.status.dataset.status = s;
     let problem = RUNNING.has(s) && s !== 'Restarting' ? '' : (m.lastError || '');
     if (s === 'Restarting' && m.nextStart) {

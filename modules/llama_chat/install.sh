@@ -48,7 +48,10 @@ else
   workspace=$(find_workspace) \
     || die "no Cargo workspace above $module_dir to build llama_chat in: build it there, or set LLAMA_CHAT_PREBUILT to a llama_chat binary"
   say "building llama_chat in release mode (the first build compiles llama.cpp: several minutes)"
-  (cd "$workspace" && cargo build --release --locked -p llama_chat)
+  # The same packages as start.sh builds: cargo unifies dependency features
+  # over the packages named, so `-p llama_chat` alone would be a different
+  # feature set and compile all of llama.cpp again beside start.sh's build.
+  (cd "$workspace" && cargo build --release --locked -p modhost -p llama_chat)
   target_dir=${CARGO_TARGET_DIR:-$workspace/target}
   cp -f "$target_dir/release/llama_chat" bin/llama_chat.new
 fi

@@ -80,13 +80,48 @@ pub async fn guard(
         let response = preflight(&state, &req, class);
         return Ok(req.into_response(response).map_into_right_body());
     }
-    if let Err(err) = check(&state, &req, class) {
-        let response = err.error_response();
-        return Ok(req.into_response(response).map_into_right_body());
+    // The answer itself names who may read it too, not only the pre-flight:
+    // a page's simple request (a multipart POST, a GET) has none.
+    let allow = match class {
+        RouteClass::Client | RouteClass::Admin if req.headers().contains_key(header::ORIGIN) => {
+            allowed_origin(&state, &req, class)
+        }
+        _ => None,
+    };
+    let mut response = match check(&state, &req, class) {
+        Err(err) => {
+            let response = err.error_response();
+            req.into_response(response).map_into_right_body()
+        }
+        Ok(()) => next.call(req).await?.map_into_left_body(),
+    };
+    if let Some(origin) = allow {
+        if let Ok(value) = header::HeaderValue::from_str(&origin) {
+            let headers = response.headers_mut();
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+            if origin != "*" {
+                headers.append(header::VARY, header::HeaderValue::from_static("Origin"));
+            }
+        }
     }
-    next.call(req)
-        .await
-        .map(ServiceResponse::map_into_left_body)
+    Ok(response)
+}
+
+/// The `Access-Control-Allow-Origin` for a request of `class`: `*` for
+/// client routes; for admin routes the request's own origin when it is
+/// allowed, else none.
+fn allowed_origin(state: &AppState, req: &ServiceRequest, class: RouteClass) -> Option<String> {
+    match class {
+        RouteClass::Admin => match origin_allowed(state, req) {
+            Ok(()) => req
+                .headers()
+                .get(header::ORIGIN)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            Err(_) => None,
+        },
+        _ => Some("*".to_owned()),
+    }
 }
 
 /// Whether `req` may use a route of `class`.
@@ -216,18 +251,7 @@ fn check_origin(state: &AppState, req: &ServiceRequest) -> Result<(), ApiError> 
 /// routes only from allowed origins.
 fn preflight(state: &AppState, req: &ServiceRequest, class: RouteClass) -> HttpResponse {
     let mut response = HttpResponse::NoContent();
-    let allow_origin = match class {
-        RouteClass::Admin => match origin_allowed(state, req) {
-            Ok(()) => req
-                .headers()
-                .get(header::ORIGIN)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-            Err(_) => None,
-        },
-        _ => Some("*".to_owned()),
-    };
-    if let Some(origin) = allow_origin {
+    if let Some(origin) = allowed_origin(state, req, class) {
         response
             .insert_header(("Access-Control-Allow-Origin", origin))
             .insert_header(("Access-Control-Allow-Methods", "GET, POST, OPTIONS"))

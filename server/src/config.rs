@@ -54,6 +54,11 @@ pub struct Cli {
     /// Directory for the daily `log-YYYY-MM-DD.txt` files [default: logs].
     #[arg(long, env = "MODHOST_LOG_DIR")]
     pub log_dir: Option<PathBuf>,
+    /// Directory for what the server keeps between runs: the module
+    /// settings changed from the dashboard (`module-settings.json`)
+    /// [default: data].
+    #[arg(long, env = "MODHOST_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Run no module install scripts; a module that is not installed is
     /// marked FailedStart, with the reason in its status [default: false].
     #[arg(long, env = "MODHOST_NO_INSTALL", num_args = 0..=1, default_missing_value = "true")]
@@ -154,6 +159,8 @@ pub struct FileConfig {
     pub max_body_bytes: Option<usize>,
     /// As `--log-dir`.
     pub log_dir: Option<PathBuf>,
+    /// As `--data-dir`.
+    pub data_dir: Option<PathBuf>,
     /// As `--no-install`.
     pub no_install: Option<bool>,
     /// As `--development`.
@@ -228,6 +235,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Directory for daily log files.
     pub log_dir: PathBuf,
+    /// Directory for state kept between runs (module setting overrides).
+    pub data_dir: PathBuf,
     /// Skip install scripts of modules that are not installed.
     pub no_install: bool,
     /// Development mode: the `*.development.json` manifest variants apply.
@@ -299,6 +308,7 @@ impl Default for Config {
             queue_length: 1024,
             max_body_bytes: 50 * 1024 * 1024,
             log_dir: PathBuf::from("logs"),
+            data_dir: PathBuf::from("data"),
             no_install: false,
             development: false,
             root_path: PathBuf::from("."),
@@ -365,6 +375,7 @@ impl Config {
                 .or(file.max_body_bytes)
                 .unwrap_or(defaults.max_body_bytes),
             log_dir: absolute(cli.log_dir.or(file.log_dir).unwrap_or(defaults.log_dir)),
+            data_dir: absolute(cli.data_dir.or(file.data_dir).unwrap_or(defaults.data_dir)),
             no_install: cli.no_install.or(file.no_install).unwrap_or(false),
             development: cli.development.or(file.development).unwrap_or(false),
             root_path: root_path.clone(),

@@ -44,6 +44,10 @@ pub enum ApiError {
     /// The body's content type cannot carry request values.
     #[error("unsupported content type '{0}': send multipart/form-data, application/x-www-form-urlencoded or application/json")]
     UnsupportedMediaType(String),
+    /// The server failed at something of its own (e.g. writing its settings
+    /// file); the message says what.
+    #[error("{0}")]
+    Internal(String),
     /// The command could not be carried out; CodeProject answers these with
     /// HTTP 200 and `success:false`.
     #[error("{0}")]
@@ -88,6 +92,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Command(_) => StatusCode::OK,
         }
     }

@@ -18,6 +18,7 @@
 //! - `access`: API key, origin checks and CORS, in front of every route;
 //! - `api`: the `/v1` endpoints; `payload`: request values and validation;
 //! - `conn`: whether a request's client is still connected;
+//! - `overrides`: module settings changed from the dashboard, kept on disk;
 //! - `logs`, `system`, `explorer_ui`, `static_files`: log buffer, machine
 //!   figures, explorer UI cutting, the embedded web UI;
 //! - `error`: the one mapping from errors to HTTP answers.
@@ -34,6 +35,7 @@ mod error;
 mod explorer_ui;
 mod jobs;
 mod logs;
+mod overrides;
 mod payload;
 mod queue;
 mod registry;
@@ -74,6 +76,7 @@ pub struct AppState {
     pub(crate) logs: Arc<LogService>,
     pub(crate) supervisor: Supervisor,
     pub(crate) system: Arc<SystemMonitor>,
+    pub(crate) overrides: Arc<overrides::Overrides>,
     pub(crate) started: Instant,
     /// Cancelled once the modules have stopped at shutdown: ends event
     /// streams and job pollers.
@@ -127,6 +130,11 @@ pub async fn run(
             &format!("module skipped: {error}"),
         );
     }
+    let (overrides, problem) = overrides::Overrides::load(&config.data_dir);
+    if let Some(problem) = problem {
+        logs.add(LogLevel::Error, "Server", "", &problem);
+    }
+    let overrides = Arc::new(overrides);
     let modules: Vec<Arc<Module>> = discovery
         .modules
         .into_iter()
@@ -148,7 +156,11 @@ pub async fn run(
                     ),
                 );
             }
-            Arc::new(Module::new(manifest, status))
+            let module = Module::new(manifest, status);
+            if let Some(on) = overrides.auto_start(module.id()) {
+                module.update(|s| s.wanted = on);
+            }
+            Arc::new(module)
         })
         .collect();
     let local = listener
@@ -222,6 +234,7 @@ pub async fn run(
         module_env: config.module_env.clone(),
         unresponsive_after: config.unresponsive_after,
         stable_run: config.stable_run,
+        overrides: Arc::clone(&overrides),
     });
     let (supervisor, module_tasks) = Supervisor::start(
         &modules,
@@ -239,6 +252,7 @@ pub async fn run(
         logs: Arc::clone(&logs),
         supervisor,
         system: SystemMonitor::start(shutdown.clone()),
+        overrides,
         started: Instant::now(),
         config: config.clone(),
         shutdown: streams_end.clone(),

@@ -1,5 +1,6 @@
 //! `modhost`: parse the configuration, set up logging, serve until Ctrl-C or SIGTERM.
 
+use std::io::IsTerminal;
 use std::net::TcpListener;
 
 use anyhow::Context;
@@ -9,7 +10,11 @@ use tokio_util::sync::CancellationToken;
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
+    // Colour only on a terminal: a log written to a file or a pipe carries
+    // no escape codes. NO_COLOR (https://no-color.org) turns it off anyway.
+    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
+        .with_ansi(colour)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MODHOST_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,actix_server=warn")),

@@ -3,6 +3,11 @@
 //! Every build carries the files inside the binary (rust-embed's
 //! `debug-embed`), so the tests serve exactly what ships; a UI edit shows
 //! after `cargo build`.
+//!
+//! CodeProject's module pages, opened on their own, load the server's
+//! `/assets/server.js`, `/assets/explorer.js` and stylesheets; modhost has
+//! its own counterparts at those paths (docs/protocol.md §2.6), and serves
+//! its `server.css` for the stylesheet names they use ([`STYLE_ALIASES`]).
 
 use actix_web::http::{header, Method};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -18,6 +23,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     // so `serve` refuses the ones that do not read.
     cfg.default_service(web::to(serve));
 }
+
+/// Stylesheets CodeProject's module pages load, answered with modhost's
+/// `assets/server.css`.
+const STYLE_ALIASES: &[&str] = &[
+    "assets/bootstrap-dark.min.css",
+    "assets/bootstrap.min.css",
+    "assets/dashboard.css",
+];
 
 async fn serve(req: HttpRequest) -> HttpResponse {
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -35,6 +48,8 @@ async fn serve(req: HttpRequest) -> HttpResponse {
     let path = req.path().trim_start_matches('/');
     let path = if path.is_empty() || path.ends_with('/') {
         format!("{path}index.html")
+    } else if STYLE_ALIASES.contains(&path) {
+        "assets/server.css".to_owned()
     } else {
         path.to_owned()
     };

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::jobs::Jobs;
 use crate::logs::{LogLevel, LogService};
+use crate::overrides::{self, Overrides};
 use crate::queue::{Origin, Queues};
 use crate::registry::{Module, ModuleStatus};
 
@@ -94,6 +95,8 @@ pub struct LaunchContext {
     pub unresponsive_after: Duration,
     /// Run time after which a relaunched module's crash count resets.
     pub stable_run: Duration,
+    /// Settings changed from the dashboard, passed as environment.
+    pub overrides: Arc<Overrides>,
 }
 
 /// Sends start, stop and restart requests to the per-module tasks.
@@ -768,8 +771,9 @@ fn resolve_command(module: &Module, ctx: &LaunchContext) -> Result<(PathBuf, Vec
 }
 
 /// The child's environment: server variables, the manifest's
-/// EnvironmentVariables (upper-cased keys, macros expanded), then the CPAI_*
-/// module variables where not already set (docs/protocol.md §1.1).
+/// EnvironmentVariables (upper-cased keys, macros expanded), the settings
+/// overridden from the dashboard (`overrides`), then the CPAI_* module
+/// variables where not already set (docs/protocol.md §1.1, §2.5).
 pub fn module_environment(module: &Module, ctx: &LaunchContext) -> Vec<(String, String)> {
     let settings = &module.manifest.settings;
     let launch = &settings.launch_settings;
@@ -784,6 +788,13 @@ pub fn module_environment(module: &Module, ctx: &LaunchContext) -> Vec<(String, 
         let key = key.to_ascii_uppercase();
         env.retain(|(k, _)| k != &key);
         env.push((key, ctx.macros.expand(value, module.dir())));
+    }
+    for (name, value) in ctx.overrides.get(module.id()) {
+        if let Some(key) = overrides::env_name(&name) {
+            env.retain(|(k, _)| k != &key);
+            let value = overrides::env_value(&key, &value);
+            env.push((key, value));
+        }
     }
     let parallelism = match launch.parallelism {
         n if n > 0 => n as usize,
@@ -944,6 +955,7 @@ mod tests {
             module_env: Vec::new(),
             unresponsive_after: Duration::from_secs(30),
             stable_run: Duration::from_secs(30),
+            overrides: Arc::new(Overrides::load(root.path()).0),
         };
         let interpreter = |runtime: &str, location: &str| {
             let (program, args) =

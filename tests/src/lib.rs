@@ -242,13 +242,22 @@ pub struct InProcess {
 
 impl InProcess {
     /// Starts the server over `root` (made by [`Server::root`]) with `args`
-    /// as on the command line (after `--port 0`, `--modules-dir` and
-    /// `--log-dir`, so they may override nothing of those).
+    /// as on the command line (after `--port 0`, `--modules-dir`,
+    /// `--log-dir` and `--data-dir`, so they may override nothing of those).
     pub fn start(root: tempfile::TempDir, args: &[&str]) -> Result<InProcess> {
         use clap::Parser as _;
         let modules = root.path().join("modules").display().to_string();
         let logs = root.path().join("logs").display().to_string();
-        let mut argv = vec!["modhost", "--modules-dir", &modules, "--log-dir", &logs];
+        let data = root.path().join("data").display().to_string();
+        let mut argv = vec![
+            "modhost",
+            "--modules-dir",
+            &modules,
+            "--log-dir",
+            &logs,
+            "--data-dir",
+            &data,
+        ];
         argv.extend_from_slice(args);
         let config = modhost::Config::from_cli(modhost::Cli::try_parse_from(argv)?)?;
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -578,6 +587,13 @@ impl Api {
 }
 
 impl Server {
+    /// Stops the server (SIGTERM) and hands back its root, to start another
+    /// server over what this one left (settings, logs, modules).
+    pub fn into_root(mut self) -> Result<tempfile::TempDir> {
+        self.stop()?;
+        Ok(std::mem::replace(&mut self.root, tempfile::tempdir()?))
+    }
+
     /// Sends SIGTERM and waits for the process to exit; returns its status.
     pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
         self.stop_with(libc::SIGTERM)

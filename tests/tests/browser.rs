@@ -211,7 +211,8 @@ async fn open_chat(browser: &Browser, server: &Server) {
         .await;
 }
 
-const FINAL: &[&str] = &["completed", "length", "stop", "cancelled", "failed"];
+/// What the chat UI's status says once a reply has ended.
+const FINAL: &[&str] = &["done", "cancelled", "failed"];
 
 #[tokio::test]
 async fn the_dashboard_shows_llamachat_started_its_log_and_restart_brings_it_back() {
@@ -335,7 +336,8 @@ async fn a_chat_reply_grows_in_the_explorer_and_ends_with_statistics() {
         assert!(Instant::now() < deadline, "the chat never finished");
         tokio::time::sleep(Duration::from_millis(30)).await;
     };
-    assert_eq!(status, "length");
+    // Done, as CodeProject shows it; why it ended is in the statistics.
+    assert_eq!(status, "done");
     let growing: Vec<&usize> = lengths.iter().filter(|&&l| l > 0).collect();
     assert!(
         growing.len() >= 3,
@@ -349,7 +351,7 @@ async fn a_chat_reply_grows_in_the_explorer_and_ends_with_statistics() {
         .await;
     assert!(stats.contains("250"), "token count missing from {stats:?}");
     assert!(stats.contains("tokens/s"), "{stats:?}");
-    assert!(stats.contains("length"), "{stats:?}");
+    assert!(stats.contains("ended at max tokens"), "{stats:?}");
     // The reply came over the job's event stream, not by polling.
     let transport = browser
         .client
@@ -557,4 +559,291 @@ async fn the_dashboard_asks_for_the_api_key_once_and_keeps_it() {
         "asked for the key again"
     );
     browser.screenshot("dashboard-with-key").await;
+}
+
+/// A module UI written for CodeProject's explorer (inline handlers, its
+/// helper API, the shared `#results`) works in modhost's explorer: a plain
+/// command, a long process and its cancel; a refused request and a script
+/// error show on the page. The UI is modhost's own fixture,
+/// `tests/modules/cpai_ui/explore.html`, on the Python demo module.
+#[tokio::test]
+async fn a_module_ui_written_for_codeproject_runs_in_the_explorer() {
+    let _turn = TURN.lock().await;
+    let root = Server::root().unwrap();
+    let module = ModuleDir::python_demo(&root.path().join("modules")).unwrap();
+    std::fs::copy(
+        workspace_root().join("tests/modules/cpai_ui/explore.html"),
+        module.path.join("explore.html"),
+    )
+    .unwrap();
+    let server = Server::start(root, &[]).await.unwrap();
+    server
+        .wait_for_status("PythonDemo", "Started", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&server.url("/explorer.html#Testing"))
+        .await
+        .unwrap();
+    browser
+        .wait_text(
+            "section[data-module-id=\"PythonDemo\"] h2",
+            Duration::from_secs(20),
+            |t| !t.is_empty(),
+        )
+        .await;
+    let long = Duration::from_secs(30);
+
+    // A plain command: the reply and the processing table in #results.
+    browser.click("#PythonDemo_echoBtn").await;
+    let results = browser
+        .wait_text("#results", long, |t| t.starts_with("Echo:"))
+        .await;
+    assert!(results.contains("hello from a CodeProject UI"), "{results}");
+    assert!(results.contains("Processed by"), "{results}");
+
+    // A long process, followed by polling get_command_status.
+    browser.click("#PythonDemo_countBtn").await;
+    browser
+        .wait_text("#results", long, |t| t.starts_with("Counting:"))
+        .await;
+    let done = browser
+        .wait_text("#results", long, |t| t.starts_with("Done:"))
+        .await;
+    assert!(done.ends_with("29 30 (completed)"), "{done}");
+    // Again, cancelled midway.
+    browser.click("#PythonDemo_countBtn").await;
+    browser
+        .wait_text("#results", long, |t| t.starts_with("Counting: 1"))
+        .await;
+    browser.click("#PythonDemo_cancelBtn").await;
+    let cancelled = browser
+        .wait_text("#results", long, |t| t.starts_with("Done:"))
+        .await;
+    assert!(cancelled.ends_with("(cancelled)"), "{cancelled}");
+    assert!(!cancelled.contains(" 30 "), "not cancelled: {cancelled}");
+
+    // Bad input refused by the server: its error on the page.
+    browser.click("#PythonDemo_badBtn").await;
+    let status = browser
+        .wait_text("#status", long, |t| t.contains("'n'"))
+        .await;
+    assert!(status.contains("at least 1"), "{status}");
+    // A script error in the module UI: on the page, naming the module.
+    browser.click("#PythonDemo_brokenBtn").await;
+    let errors = browser
+        .wait_text("#ui-errors-list", long, |t| !t.is_empty())
+        .await;
+    assert!(
+        errors.contains("PythonDemo") && errors.contains("helperThatDoesNotExist"),
+        "{errors}"
+    );
+    browser.screenshot("codeproject-module-ui").await;
+}
+
+/// Serves `page` to every GET on a port of its own, from a thread that
+/// lives as long as the test process; returns its URL.
+fn serve_page(page: String) -> String {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n",
+                page.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(page.as_bytes());
+        }
+    });
+    url
+}
+
+/// LlamaChat's explorer UI in a page without modhost's client (as in
+/// CodeProject's explorer, whose server.js defines `apiServiceUrl`): it
+/// falls back to plain fetch and polling, and chats.
+#[tokio::test]
+async fn the_chat_ui_works_in_a_page_without_the_modhost_client() {
+    let _turn = TURN.lock().await;
+    let root = Server::root().unwrap();
+    let module = ModuleDir::python_module(
+        &root.path().join("modules"),
+        "LlamaChat",
+        &workspace_root().join("tests/modules/scripted_chat"),
+    )
+    .unwrap();
+    std::fs::copy(
+        workspace_root().join("modules/llama_chat/explore.html"),
+        module.path.join("explore.html"),
+    )
+    .unwrap();
+    let server = Server::start(root, &[]).await.unwrap();
+    server
+        .wait_for_status("LlamaChat", "Started", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let running = server.get_json("/v1/module/list/running").await.unwrap();
+    let ui = &running["modules"][0]["uiElements"]["explorerUI"];
+    let part = |name: &str| ui[name].as_str().unwrap().replace("_MID_", "LlamaChat_");
+    let page = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\">\
+         <script>const apiServiceUrl = '{base}';</script><style>{css}</style></head>\
+         <body>{html}<script>{script}</script></body></html>",
+        base = server.base,
+        css = part("css"),
+        html = part("html"),
+        script = part("script"),
+    );
+    // Served from another origin, as CodeProject's explorer would be.
+    let page_url = serve_page(page);
+    let browser = Browser::start().await;
+    browser.client.goto(&page_url).await.unwrap();
+    browser
+        .fill("#LlamaChat_prompt", "Hello from elsewhere")
+        .await;
+    browser.click("#LlamaChat_send").await;
+    let status = browser
+        .wait_text("#LlamaChat_status", Duration::from_secs(30), |t| {
+            FINAL.contains(&t)
+        })
+        .await;
+    let error = browser.text("#LlamaChat_error").await;
+    assert_eq!(status, "done", "{error:?}");
+    assert_eq!(
+        browser.text("#LlamaChat_reply").await.unwrap(),
+        "Hello from elsewhere"
+    );
+    let probe: Value = browser
+        .client
+        .execute(
+            "return {modhost: typeof window.modhost, transport: \
+             document.getElementById('LlamaChat_status').dataset.transport}",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(probe, json!({"modhost": "undefined", "transport": "poll"}));
+    browser.screenshot("chat-without-modhost-client").await;
+}
+
+/// At a phone's width (420 px) the dashboard's header stays on one line and
+/// every module's Start, Stop and Restart buttons are on screen; a module
+/// that does not start by itself reads "Ready"; the explorer opens on the
+/// chat's tab.
+#[tokio::test]
+async fn the_dashboard_fits_a_phone_and_says_ready() {
+    let _turn = TURN.lock().await;
+    let root = Server::root().unwrap();
+    let modules = root.path().join("modules");
+    ModuleDir::python_module(
+        &modules,
+        "LlamaChat",
+        &workspace_root().join("tests/modules/scripted_chat"),
+    )
+    .unwrap();
+    let demo = ModuleDir::python_demo(&modules).unwrap();
+    let manifest = demo.path.join("modulesettings.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("\"AutoStart\": true", "\"AutoStart\": false"),
+    )
+    .unwrap();
+    // A running module whose tab comes before the chat's alphabetically.
+    let vision = ModuleDir::python_module(
+        &modules,
+        "VisionDemo",
+        &workspace_root().join("tests/modules/python_demo"),
+    )
+    .unwrap();
+    let manifest = vision.path.join("modulesettings.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("PythonDemo", "VisionDemo")
+            .replace("\"Testing\"", "\"Computer Vision\"")
+            .replace("demo/", "vision-demo/"),
+    )
+    .unwrap();
+    let server = Server::start(root, &[]).await.unwrap();
+    for id in ["LlamaChat", "VisionDemo"] {
+        server
+            .wait_for_status(id, "Started", Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    let browser = Browser::start().await;
+    browser.client.set_window_size(420, 900).await.unwrap();
+    browser.client.goto(&server.url("/")).await.unwrap();
+    let ready = browser
+        .wait_text(
+            "tr[data-module-id=\"PythonDemo\"] .status",
+            Duration::from_secs(20),
+            |t| !t.is_empty(),
+        )
+        .await;
+    assert_eq!(ready, "Ready");
+    browser
+        .wait_text(
+            "tr[data-module-id=\"LlamaChat\"] .status",
+            Duration::from_secs(20),
+            |t| t == "Started",
+        )
+        .await;
+    let layout: Value = browser
+        .client
+        .execute(
+            "const header = document.querySelector('.topbar').getBoundingClientRect();\
+             const buttons = [...document.querySelectorAll('#modules button')]\
+               .map(b => b.getBoundingClientRect());\
+             return {header: header.height, width: document.documentElement.clientWidth,\
+                     right: Math.max(...buttons.map(b => b.right)), buttons: buttons.length,\
+                     scroll: document.documentElement.scrollWidth};",
+            vec![],
+        )
+        .await
+        .unwrap();
+    browser.screenshot("dashboard-420px").await;
+    let width = layout["width"].as_f64().unwrap();
+    assert!(
+        layout["header"].as_f64().unwrap() < 56.0,
+        "header wraps: {layout}"
+    );
+    assert_eq!(layout["buttons"], 9, "{layout}");
+    assert!(
+        layout["right"].as_f64().unwrap() <= width,
+        "buttons off screen: {layout}"
+    );
+    assert!(
+        layout["scroll"].as_f64().unwrap() <= width,
+        "the page scrolls sideways: {layout}"
+    );
+
+    // The explorer, opened without a tab named, shows the chat's.
+    browser
+        .client
+        .goto(&server.url("/explorer.html"))
+        .await
+        .unwrap();
+    for category in ["Computer Vision", "Generative AI"] {
+        browser
+            .wait_text(
+                &format!("button[data-category=\"{category}\"]"),
+                Duration::from_secs(20),
+                |t| !t.is_empty(),
+            )
+            .await;
+    }
+    let selected = browser
+        .text("button[aria-selected=\"true\"]")
+        .await
+        .unwrap_or_default();
+    assert_eq!(selected, "Generative AI");
+    browser.screenshot("explorer-420px").await;
 }

@@ -69,7 +69,9 @@ async fn a_chat_returns_a_command_id_and_its_reply_grows_until_it_completes() {
 
     assert_eq!(done["commandStatus"], "completed", "{done}");
     assert_eq!(done["success"], true);
-    assert_eq!(done["stop_reason"], "length");
+    // CodeProject's stop_reason, and the detail in finish_reason.
+    assert_eq!(done["stop_reason"], "completed");
+    assert_eq!(done["finish_reason"], "length");
     assert_eq!(done["completion_tokens"], 300);
     assert!(done["prompt_tokens"].as_u64().unwrap() > 20, "{done}");
     assert!(done["tokens_per_second"].as_f64().unwrap() > 0.0);
@@ -157,7 +159,7 @@ async fn max_tokens_is_exact_and_the_same_seed_gives_the_same_reply() {
         let id = start_chat(&server, &values).await;
         let (_, done) = finish(&server, &id).await;
         assert_eq!(done["completion_tokens"], 23, "{done}");
-        assert_eq!(done["stop_reason"], "length");
+        assert_eq!(done["finish_reason"], "length");
         assert_eq!(done["seed"], seed.parse::<u64>().unwrap());
         replies.push(done["reply"].as_str().unwrap().to_owned());
     }

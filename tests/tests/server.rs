@@ -519,12 +519,21 @@ async fn server_endpoints_serve_the_explorer_and_the_dashboard() {
     let (code, body) = server
         .post_form(
             "/v1/server/settings/Echo",
-            &[("name", "Colour"), ("value", "red")],
+            &[("name", "LD_PRELOAD"), ("value", "/tmp/x.so")],
         )
         .await
         .unwrap();
     assert_eq!(code, 400);
-    assert_error(&body, "unknown setting 'colour'");
+    assert_error(
+        &body,
+        "'LD_PRELOAD' is set by the server or changes which program",
+    );
+    let (code, body) = server
+        .post_form("/v1/server/settings/Echo", &[("name", "MODEL_SIZE")])
+        .await
+        .unwrap();
+    assert_eq!(code, 400);
+    assert_error(&body, "missing value 'value' for setting 'MODEL_SIZE'");
     let (code, body) = server
         .post_form("/v1/server/settings/Nope", &[("name", "Restart")])
         .await
@@ -535,7 +544,7 @@ async fn server_endpoints_serve_the_explorer_and_the_dashboard() {
         .await
         .unwrap();
     assert_eq!(code, 400, "{body}");
-    assert_error(&body, "malformed form body");
+    assert_error(&body, "missing value 'name'");
 
     // A module's log entry, posted as the Python SDK does, shows in the tail.
     let (code, body) = server

@@ -70,29 +70,42 @@ pub fn backend() -> &'static LlamaBackend {
 /// std-style blocking mutex is right here: this is a plain thread, not async code.
 static NEW_CONTEXT: Mutex<()> = Mutex::new(());
 
-/// Why a reply ended.
+/// Why a reply ended, in detail; the result's `finish_reason`. (Its
+/// `stop_reason` keeps CodeProject's two values: see [`FinishReason::stop_reason`].)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StopReason {
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
     /// The model produced an end-of-generation token.
-    Completed,
+    Stop,
     /// `max_tokens` (or the end of the context) was reached.
     Length,
     /// A stop string appeared; it is not part of the reply.
-    Stop,
+    StopString,
     /// The caller cancelled.
     Cancelled,
 }
 
-impl StopReason {
-    /// The wire name: `completed`, `length`, `stop` or `cancelled`.
+impl FinishReason {
+    /// The wire name: `stop`, `length`, `stop_string` or `cancelled`, as
+    /// OpenAI's `finish_reason` names the first two.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
-            Self::Completed => "completed",
-            Self::Length => "length",
             Self::Stop => "stop",
+            Self::Length => "length",
+            Self::StopString => "stop_string",
             Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// CodeProject LlamaChat's `stop_reason`: `cancelled` when the caller
+    /// stopped the reply, else `completed`, whatever ended it; clients test
+    /// `stop_reason == "completed"`.
+    #[must_use]
+    pub const fn stop_reason(self) -> &'static str {
+        match self {
+            Self::Cancelled => "cancelled",
+            _ => "completed",
         }
     }
 }
@@ -169,7 +182,7 @@ impl ChatRequest {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Summary {
     /// Why the reply ended.
-    pub stop_reason: StopReason,
+    pub finish_reason: FinishReason,
     /// Tokens of the rendered prompt (template included).
     pub prompt_tokens: u32,
     /// Tokens generated into the reply (an end-of-generation token is not counted).
@@ -377,7 +390,7 @@ impl Generation {
 
     /// Asks the generation to stop before its next token. Events already produced
     /// stay readable and a final [`GenerationEvent::Done`] with
-    /// [`StopReason::Cancelled`] follows.
+    /// [`FinishReason::Cancelled`] follows.
     pub fn cancel(&self) {
         self.cancel.cancel();
     }
@@ -792,7 +805,7 @@ impl Generator for LlamaEngine {
                 // refused as a second long command): finish it here, as the
                 // thread would, instead of queueing it behind the running chat,
                 // where it would count as waiting until that chat ended.
-                job.finish(Ok(StopReason::Cancelled), &Progress::new(), sink);
+                job.finish(Ok(FinishReason::Cancelled), &Progress::new(), sink);
                 return;
             }
             // Fails only when the generation thread died (a panic in
@@ -935,8 +948,8 @@ impl Job {
 
     /// Counts the chat out of the engine, then sends its last event: a reader
     /// who has seen the end finds the chat no longer in flight.
-    fn finish(self, result: Result<StopReason, ChatError>, p: &Progress, sink: GenerationSink) {
-        let result = result.map(|stop_reason| self.summary(stop_reason, p, &sink));
+    fn finish(self, result: Result<FinishReason, ChatError>, p: &Progress, sink: GenerationSink) {
+        let result = result.map(|finish_reason| self.summary(finish_reason, p, &sink));
         drop(self.in_flight);
         match result {
             Ok(summary) => {
@@ -950,7 +963,7 @@ impl Job {
         }
     }
 
-    fn summary(&self, stop_reason: StopReason, p: &Progress, sink: &GenerationSink) -> Summary {
+    fn summary(&self, finish_reason: FinishReason, p: &Progress, sink: &GenerationSink) -> Summary {
         let completion_tokens = sink.tokens_generated();
         let end = Instant::now();
         let gen_secs = p
@@ -965,7 +978,7 @@ impl Job {
             (t.duration_since(p.started).as_secs_f64() * 100_000.0).round() / 100.0
         });
         Summary {
-            stop_reason,
+            finish_reason,
             prompt_tokens: self.tokens.len() as u32,
             completion_tokens,
             inference_ms: end.duration_since(p.started).as_millis() as u64,
@@ -999,9 +1012,9 @@ impl Job {
         ctx: &mut Option<LlamaContext<'m>>,
         sink: &GenerationSink,
         p: &mut Progress,
-    ) -> Result<StopReason, ChatError> {
+    ) -> Result<FinishReason, ChatError> {
         if sink.is_cancelled() {
-            return Ok(StopReason::Cancelled);
+            return Ok(FinishReason::Cancelled);
         }
         let ctx = match ctx {
             Some(ctx) => {
@@ -1020,7 +1033,7 @@ impl Job {
         let mut last_index = 0;
         for (chunk_no, chunk) in self.tokens.chunks(n_batch).enumerate() {
             if sink.is_cancelled() {
-                return Ok(StopReason::Cancelled);
+                return Ok(FinishReason::Cancelled);
             }
             batch.clear();
             let base = chunk_no * n_batch;
@@ -1045,13 +1058,13 @@ impl Job {
 
         let reason = loop {
             if sink.is_cancelled() {
-                break StopReason::Cancelled;
+                break FinishReason::Cancelled;
             }
             // `sample` also accepts the token into the sampler state.
             let token = sampler.sample(ctx, last_index);
             p.first_token.get_or_insert_with(Instant::now);
             if vocab.is_eog(token) {
-                break StopReason::Completed;
+                break FinishReason::Stop;
             }
             let completion_tokens = sink.count_token();
 
@@ -1060,16 +1073,16 @@ impl Job {
             vocab.token_to_piece_into(token, &mut piece, false, None);
             let step = stops.push(&utf8.push(&piece));
             if !sink.piece(step.emit) {
-                break StopReason::Cancelled;
+                break FinishReason::Cancelled;
             }
             if step.stopped {
-                break StopReason::Stop;
+                break FinishReason::StopString;
             }
             if completion_tokens >= self.max_tokens {
-                break StopReason::Length;
+                break FinishReason::Length;
             }
             if sink.is_cancelled() {
-                break StopReason::Cancelled;
+                break FinishReason::Cancelled;
             }
 
             batch.clear();
@@ -1081,7 +1094,7 @@ impl Job {
             last_index = 0;
         };
 
-        if reason != StopReason::Stop {
+        if reason != FinishReason::StopString {
             // Release an incomplete character and text held back as a possible stop.
             let tail = stops.push(&utf8.finish());
             let mut rest = tail.emit;
@@ -1148,7 +1161,7 @@ pub(crate) mod tests {
     fn a_chat_produces_a_non_empty_reply_and_a_summary() {
         let (reply, s) = run(req(48, 0.8, 1));
         assert!(!reply.trim().is_empty(), "empty reply");
-        assert_eq!(s.stop_reason, StopReason::Length);
+        assert_eq!(s.finish_reason, FinishReason::Length);
         assert_eq!(s.completion_tokens, 48);
         assert!(s.prompt_tokens > 10, "prompt_tokens {}", s.prompt_tokens);
         assert!(s.tokens_per_second > 0.0);
@@ -1165,7 +1178,7 @@ pub(crate) mod tests {
         for n in [1, 7, 100] {
             let (_, s) = run(req(n, 1.0, 3));
             assert_eq!(s.completion_tokens, n);
-            assert_eq!(s.stop_reason, StopReason::Length);
+            assert_eq!(s.finish_reason, FinishReason::Length);
         }
     }
 
@@ -1173,7 +1186,7 @@ pub(crate) mod tests {
     fn max_tokens_zero_fills_the_context() {
         let m = load_demo(&DemoModelSpec::tiny(), Some(128));
         let (_, s) = m.engine.start(req(0, 1.0, 3)).unwrap().wait().unwrap();
-        assert_eq!(s.stop_reason, StopReason::Length);
+        assert_eq!(s.finish_reason, FinishReason::Length);
         assert_eq!(s.prompt_tokens + s.completion_tokens, 128);
     }
 
@@ -1220,7 +1233,7 @@ pub(crate) mod tests {
                 GenerationEvent::Failed(e) => panic!("{e}"),
             }
         };
-        assert_eq!(summary.stop_reason, StopReason::Cancelled);
+        assert_eq!(summary.finish_reason, FinishReason::Cancelled);
         assert!(
             summary.completion_tokens <= n0 + 1,
             "{} tokens, {n0} when cancelled",
@@ -1286,12 +1299,15 @@ pub(crate) mod tests {
         let early = m.engine.start(req(0, 1.0, 5)).unwrap();
         early.cancel();
         let (reply, s) = early.wait().unwrap();
-        assert_eq!((reply.as_str(), s.stop_reason), ("", StopReason::Cancelled));
+        assert_eq!(
+            (reply.as_str(), s.finish_reason),
+            ("", FinishReason::Cancelled)
+        );
         assert_eq!(s.completion_tokens, 0);
 
         running.cancel();
         let (_, s) = running.wait().unwrap();
-        assert_eq!(s.stop_reason, StopReason::Cancelled);
+        assert_eq!(s.finish_reason, FinishReason::Cancelled);
         assert_eq!(m.engine.in_flight.load(Ordering::SeqCst), 0);
         let (_, s) = m.engine.start(req(5, 1.0, 5)).unwrap().wait().unwrap();
         assert_eq!(s.completion_tokens, 5);
@@ -1383,7 +1399,7 @@ pub(crate) mod tests {
         let mut r = req(60, 1.0, 21);
         r.stop = vec!["never appears \u{1}".into(), stop.clone()];
         let (reply, s) = run(r);
-        assert_eq!(s.stop_reason, StopReason::Stop);
+        assert_eq!(s.finish_reason, FinishReason::StopString);
         assert_eq!(reply, expected, "stop {stop:?}");
         assert!(!reply.contains(&stop));
         assert!(s.completion_tokens < 60);
@@ -1397,7 +1413,7 @@ pub(crate) mod tests {
         };
         let m = load_demo(&spec, None);
         let (reply, s) = m.engine.start(req(50, 0.8, 1)).unwrap().wait().unwrap();
-        assert_eq!(s.stop_reason, StopReason::Completed);
+        assert_eq!(s.finish_reason, FinishReason::Stop);
         assert_eq!(s.completion_tokens, 0);
         assert_eq!(reply, "");
     }

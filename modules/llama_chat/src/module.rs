@@ -151,7 +151,8 @@ fn final_result(reply: String, s: &Summary, model: &str) -> Map<String, Value> {
     json_object(json!({
         "success": true,
         "reply": reply,
-        "stop_reason": s.stop_reason,
+        "stop_reason": s.finish_reason.stop_reason(),
+        "finish_reason": s.finish_reason,
         "prompt_tokens": s.prompt_tokens,
         "completion_tokens": s.completion_tokens,
         "tokens_per_second": s.tokens_per_second,
@@ -451,7 +452,8 @@ mod tests {
         // What get_command_status showed is what the chat ended with.
         assert_eq!(cmd.published()["reply"], result["reply"]);
         assert_eq!(cmd.published()["completion_tokens"], 12);
-        assert_eq!(result["stop_reason"], "length");
+        assert_eq!(result["stop_reason"], "completed");
+        assert_eq!(result["finish_reason"], "length");
         assert_eq!(result["completion_tokens"], 12);
         assert!(!result["reply"].as_str().unwrap().is_empty());
         assert!(result["prompt_tokens"].as_u64().unwrap() > 0);

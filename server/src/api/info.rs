@@ -2,56 +2,113 @@
 //! version, system figures, module lists, module settings (start/stop/restart).
 //! Shapes of CodeProject.AI Server 2.9, docs/protocol.md §2.4.
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpResponse, Route};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::error::ApiError;
 use crate::registry::{Module, ModuleStatus};
-use crate::supervisor::{Control, ControlError};
 use crate::{envelope, AppState, COMPATIBLE_VERSION};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    let mut routes: Vec<(String, fn() -> Route)> = Vec::new();
     for prefix in ["/server/status", "/status"] {
-        cfg.route(&format!("{prefix}/ping"), web::get().to(version))
-            .route(&format!("{prefix}/version"), web::get().to(version))
-            .route(
-                &format!("{prefix}/system-status"),
-                web::get().to(system_status),
-            );
+        routes.extend([
+            (
+                format!("{prefix}/ping"),
+                (|| web::get().to(version)) as fn() -> Route,
+            ),
+            (format!("{prefix}/version"), || web::get().to(version)),
+            (format!("{prefix}/system-status"), || {
+                web::get().to(system_status)
+            }),
+            (format!("{prefix}/updateavailable"), || {
+                web::get().to(update_available)
+            }),
+        ]);
     }
-    cfg.route("/module/list/status", web::get().to(list_status))
-        .route("/module/list/running", web::get().to(list_running))
-        .route("/module/list", web::get().to(list_installed))
-        .route("/module/list/installed", web::get().to(list_installed))
-        .route(
-            "/server/settings/{module_id}",
-            web::post().to(change_setting),
-        )
-        .route("/server/settings/{module_id}", web::get().to(get_settings))
-        .route("/log/list", web::get().to(list_log));
+    routes.extend([
+        (
+            "/module/list/status".to_owned(),
+            (|| web::get().to(list_status)) as fn() -> Route,
+        ),
+        ("/module/list/running".to_owned(), || {
+            web::get().to(list_running)
+        }),
+        ("/module/list".to_owned(), || web::get().to(list_installed)),
+        ("/module/list/installed".to_owned(), || {
+            web::get().to(list_installed)
+        }),
+        ("/module/list/available".to_owned(), || {
+            web::get().to(list_installed)
+        }),
+        ("/server/mesh/summary".to_owned(), || {
+            web::get().to(mesh_summary)
+        }),
+        ("/log/list".to_owned(), || web::get().to(list_log)),
+    ]);
+    // CodeProject's pages and clients write some of these with a trailing
+    // slash (`module/list/`); both spellings are served.
+    for (path, route) in routes {
+        cfg.route(&format!("{path}/"), route())
+            .route(&path, route());
+    }
 }
 
 /// `{"message":"2.9.6","version":{...}}`: the CodeProject API version modhost
 /// is compatible with (modules check it against their ServerVersionRange),
 /// plus modhost's own version.
 async fn version() -> HttpResponse {
+    HttpResponse::Ok().json(envelope(json!({
+        "message": COMPATIBLE_VERSION,
+        "version": version_info(),
+        "modhostVersion": env!("CARGO_PKG_VERSION"),
+    })))
+}
+
+/// CodeProject's version object for [`COMPATIBLE_VERSION`].
+fn version_info() -> Value {
     let parts: Vec<u32> = COMPATIBLE_VERSION
         .split('.')
         .map(|p| p.parse().unwrap_or(0))
         .collect();
+    json!({
+        "major": parts.first(), "minor": parts.get(1), "patch": parts.get(2),
+        "preRelease": null, "securityUpdate": false, "build": 0,
+        "file": null, "releaseNotes": "modhost", "versionNumber": COMPATIBLE_VERSION,
+        "version": COMPATIBLE_VERSION,
+    })
+}
+
+/// `{"updateAvailable": false, "current", "latest", "version", "message"}`:
+/// modhost contacts no update server, so it never knows of an update; the
+/// message says so rather than claiming the newest version.
+async fn update_available() -> HttpResponse {
     HttpResponse::Ok().json(envelope(json!({
-        "message": COMPATIBLE_VERSION,
-        "version": {
-            "major": parts.first(), "minor": parts.get(1), "patch": parts.get(2),
-            "preRelease": null, "securityUpdate": false, "build": 0,
-            "file": null, "releaseNotes": "modhost", "versionNumber": COMPATIBLE_VERSION,
-            "version": COMPATIBLE_VERSION,
-        },
-        "modhostVersion": env!("CARGO_PKG_VERSION"),
+        "updateAvailable": false,
+        "current": version_info(),
+        "latest": version_info(),
+        "version": version_info(),
+        "message": format!(
+            "modhost {} does not check for updates: it contacts no update server",
+            env!("CARGO_PKG_VERSION")
+        ),
+    })))
+}
+
+/// `{"enabled": false, "hosts": [], ...}`: modhost has no mesh of servers;
+/// every route is served by this server's own modules.
+async fn mesh_summary() -> HttpResponse {
+    HttpResponse::Ok().json(envelope(json!({
+        "enabled": false,
+        "isEnabled": false,
+        "allowBroadcast": false,
+        "acceptForwardedRequests": false,
+        "hostname": crate::hostname(),
+        "hosts": [],
+        "servers": [],
+        "message": "modhost has no mesh: requests are served by this server's modules only",
     })))
 }
 
@@ -69,8 +126,10 @@ async fn system_status(state: web::Data<AppState>) -> HttpResponse {
             "systemMemUsage": snap.system_mem_usage,
             "systemMemTotal": snap.system_mem_total,
             "serverMemUsage": snap.server_mem_usage,
-            "gpuUsage": snap.gpu_usage,
-            "gpuMemUsage": snap.gpu_mem_usage,
+            // Numbers even without a GPU: CodeProject's dashboard formats
+            // them with toFixed.
+            "gpuUsage": snap.gpu_usage.unwrap_or(0.0),
+            "gpuMemUsage": snap.gpu_mem_usage.unwrap_or(0),
             "gpuName": snap.gpu_name,
             "cpuCount": snap.cpu_count,
             "serverStatus": format!("{running} module(s) running"),
@@ -127,11 +186,38 @@ fn status_entry(module: &Module, queued: usize, running_jobs: Vec<Value>) -> Val
         "nextStart": rfc3339(s.next_start),
         "runningJobs": running_jobs,
         "downloadableModels": [],
-        "menus": [],
+        "menus": menus(module),
         "installSummary": "",
-        "startupSummary": s.last_error.clone().unwrap_or_default(),
+        "startupSummary": startup_summary(&s),
         "summary": format!("{} {} ({:?})", module.name(), settings.version, s.status),
     })
+}
+
+/// The module's `UIElements.Menus` in camelCase
+/// (`[{"label", "options": [{"label", "setting", "value"}]}]`); `[]` when it
+/// declares none.
+fn menus(module: &Module) -> Value {
+    let ui = module.manifest.settings.to_camel_case_json();
+    match ui.get("uiElements").and_then(|u| u.get("menus")) {
+        Some(menus @ Value::Array(_)) => menus.clone(),
+        _ => json!([]),
+    }
+}
+
+/// One line on how the module's last start went, as CodeProject's dashboard
+/// shows under a module.
+fn startup_summary(s: &crate::registry::ModuleState) -> String {
+    let pid = s.pid.map(|p| format!(", process {p}")).unwrap_or_default();
+    match s.status {
+        ModuleStatus::Started => format!("Started (launch {}{pid})", s.launches),
+        ModuleStatus::Starting => format!("Starting (launch {}{pid})", s.launches),
+        ModuleStatus::NoAutoStart => "Not started: AutoStart is off; use Start".into(),
+        ModuleStatus::NotAvailable => "Not available on this platform".into(),
+        other => match &s.last_error {
+            Some(error) => format!("{other:?}: {error}"),
+            None => format!("{other:?}"),
+        },
+    }
 }
 
 async fn list_status(state: web::Data<AppState>) -> HttpResponse {
@@ -201,79 +287,6 @@ async fn list_installed(state: web::Data<AppState>) -> HttpResponse {
         })
         .collect();
     HttpResponse::Ok().json(envelope(json!({"modules": modules})))
-}
-
-#[derive(Deserialize)]
-struct SettingForm {
-    name: String,
-    value: Option<String>,
-}
-
-/// The module with this id (any letter case).
-///
-/// # Errors
-/// 404 naming the id.
-fn known_module<'s>(state: &'s AppState, id: &str) -> Result<&'s Arc<Module>, ApiError> {
-    state
-        .registry
-        .get(id)
-        .ok_or_else(|| ApiError::NotFound(format!("no module with id '{id}'")))
-}
-
-/// `name=AutoStart, value=true|false` starts or stops the module;
-/// `name=Restart` restarts it. Changes last until the server stops.
-async fn change_setting(
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-    form: web::Form<SettingForm>,
-) -> Result<HttpResponse, ApiError> {
-    let module = known_module(&state, &path.into_inner())?;
-    let value = form
-        .value
-        .as_deref()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let control = match form.name.to_ascii_lowercase().as_str() {
-        "autostart" => match value.as_str() {
-            "true" | "1" | "yes" => Control::Start,
-            "false" | "0" | "no" => Control::Stop,
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "AutoStart must be true or false, not '{other}'"
-                )))
-            }
-        },
-        "restart" => Control::Restart,
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "unknown setting '{other}': use AutoStart (true|false) or Restart"
-            )))
-        }
-    };
-    state
-        .supervisor
-        .control(module.id(), control)
-        .map_err(|err| match err {
-            ControlError::NotHere(_) => ApiError::BadRequest(err.to_string()),
-            ControlError::Busy(_) => {
-                ApiError::failure(modhost_protocol::FailureKind::QueueFull, err.to_string())
-            }
-        })?;
-    Ok(HttpResponse::Ok().json(envelope(json!({
-        "message": format!("{control:?} requested for module {}", module.id()),
-    }))))
-}
-
-async fn get_settings(
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let module = known_module(&state, &path.into_inner())?;
-    Ok(HttpResponse::Ok().json(envelope(json!({
-        "settings": {"autoStart": module.state().wanted},
-        "environmentVariables": module.manifest.settings.environment_variables,
-    }))))
 }
 
 #[derive(Deserialize)]

@@ -4,8 +4,9 @@
 //! Layout:
 //! - `module_side`: what modules call: long-poll queue, replies, status,
 //!   progress pushes, logs;
-//! - `info`: server status, module lists, settings and the log for the
-//!   explorer and dashboard;
+//! - `info`: server status, module lists and the log for the explorer and
+//!   dashboard;
+//! - `settings`: start, stop, restart and per-module setting overrides;
 //! - `jobs`: the jobs API and its event streams;
 //! - `client`: the catch-all `POST /v1/{route}` that turns requests into commands.
 //!
@@ -16,6 +17,7 @@ mod client;
 mod info;
 mod jobs;
 mod module_side;
+mod settings;
 
 use actix_web::web;
 
@@ -25,6 +27,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::scope("/v1")
             .configure(module_side::configure)
             .configure(info::configure)
+            .configure(settings::configure)
             .configure(jobs::configure)
             .configure(client::configure),
     );
