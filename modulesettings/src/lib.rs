@@ -48,6 +48,6 @@ pub use merge::merge;
 pub use platform::Platform;
 pub use schema::SCHEMA;
 pub use types::{
-    GpuOptions, InstallOptions, LaunchSettings, ModuleManifest, ModuleRelease, ModuleSettings,
-    PublishingInfo, RouteMap, RouteParam,
+    GenerationApi, GpuOptions, InstallOptions, LaunchSettings, ModuleManifest, ModuleRelease,
+    ModuleSettings, PublishingInfo, RouteMap, RouteParam,
 };

@@ -386,12 +386,30 @@ pub struct RouteMap {
     /// Free text.
     #[serde(default, deserialize_with = "or_default")]
     pub description: String,
+    /// modhost extension `Implements`: the generation API this route
+    /// implements, for the OpenAI- and Ollama-compatible APIs
+    /// (docs/protocol.md §4.7); `None` for other routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub implements: Option<GenerationApi>,
     /// Request parameters, for documentation.
     #[serde(default, deserialize_with = "or_default")]
     pub inputs: Vec<RouteParam>,
     /// Response fields, for documentation.
     #[serde(default, deserialize_with = "or_default")]
     pub outputs: Vec<RouteParam>,
+}
+
+/// A generation API a route implements (`RouteMap::implements`); the wire
+/// names are `chat`, `completion` and `embedding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GenerationApi {
+    /// A conversation (`messages`) in, a reply out.
+    Chat,
+    /// A prompt continued as it is, without a chat template.
+    Completion,
+    /// Texts in, one vector per text out.
+    Embedding,
 }
 
 /// One input or output of a [`RouteMap`].

@@ -41,7 +41,8 @@ pub enum RouteClass {
 pub fn classify(method: &Method, path: &str) -> RouteClass {
     let lower = path.to_ascii_lowercase();
     let Some(api) = lower.strip_prefix("/v1/") else {
-        return if lower == "/v1" {
+        // Ollama's API (`/api/...`) is a client route like CodeProject's.
+        return if lower == "/v1" || lower == "/api" || lower.starts_with("/api/") {
             RouteClass::Client
         } else {
             RouteClass::WebUi
@@ -90,7 +91,7 @@ pub async fn guard(
     };
     let mut response = match check(&state, &req, class) {
         Err(err) => {
-            let response = err.error_response();
+            let response = shaped(req.path(), err);
             req.into_response(response).map_into_right_body()
         }
         Ok(()) => next.call(req).await?.map_into_left_body(),
@@ -105,6 +106,29 @@ pub async fn guard(
         }
     }
     Ok(response)
+}
+
+/// A refusal in the shape the route's API answers errors in: OpenAI's on
+/// its routes, Ollama's under `/api`, CodeProject's elsewhere.
+fn shaped(path: &str, err: ApiError) -> HttpResponse {
+    let lower = path.to_ascii_lowercase();
+    let openai = [
+        "/v1/chat/",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/models",
+    ]
+    .iter()
+    .any(|p| lower.starts_with(p));
+    match err {
+        ApiError::Unauthorized(message) if openai => {
+            crate::api::openai::OpenAiError::unauthorized(message).response()
+        }
+        ApiError::Unauthorized(message) if lower.starts_with("/api/") => {
+            crate::api::ollama::OllamaError::unauthorized(message).error_response()
+        }
+        err => err.error_response(),
+    }
 }
 
 /// The `Access-Control-Allow-Origin` for a request of `class`: `*` for

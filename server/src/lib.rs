@@ -12,6 +12,8 @@
 //!   waiting on them;
 //! - `commands`: the one way a request reaches a module: run, status,
 //!   cancel, and the jobs long processes become;
+//! - `generation`: model names, generation routes and their results, for
+//!   the OpenAI and Ollama APIs; `watcher`: a client following a job;
 //! - `jobs`: jobs, their events and retention;
 //! - `registry`: modules, their live state and launch tokens, the route table;
 //! - `supervisor`: module processes: launch, watch, restart with backoff, stop;
@@ -33,6 +35,7 @@ pub mod config;
 mod conn;
 mod error;
 mod explorer_ui;
+mod generation;
 mod jobs;
 mod logs;
 mod overrides;
@@ -42,6 +45,7 @@ mod registry;
 mod static_files;
 mod supervisor;
 mod system;
+mod watcher;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;

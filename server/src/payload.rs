@@ -85,7 +85,7 @@ impl RequestValues {
     ///
     /// # Errors
     /// 413 when over the limit of values.
-    fn push(&mut self, key: &str, value: String) -> Result<(), ApiError> {
+    pub(crate) fn push(&mut self, key: &str, value: String) -> Result<(), ApiError> {
         self.count_one()?;
         match self.index.get(key) {
             Some(&at) => self.values[at].value.push(value),

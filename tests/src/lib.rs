@@ -191,6 +191,10 @@ const PYTHON_PACKAGES: &[&str] = &[
     "codeproject-ai-sdk==0.0.21",
     "httpx==0.28.1",
     "httpx-sse==0.4.1",
+    // The official clients of the OpenAI and Ollama APIs, and a tool on top.
+    "openai==3.57.0",
+    "ollama==0.6.3",
+    "langchain-openai==1.8.1",
 ];
 
 /// The Python virtual environment holding [`PYTHON_PACKAGES`], made on

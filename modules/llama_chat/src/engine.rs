@@ -110,13 +110,21 @@ impl FinishReason {
     }
 }
 
-/// One chat turn to generate.
+/// One chat turn (or raw completion) to generate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatRequest {
-    /// The user's message; must not be empty.
+    /// The user's message; must not be empty unless `messages` are given.
+    /// With `raw`, the whole prompt text.
     pub prompt: String,
-    /// System prompt; left out of the chat when empty.
+    /// System prompt; left out of the chat when empty. Not used with
+    /// `messages` or `raw`.
     pub system_prompt: String,
+    /// A whole conversation (roles `system`, `user`, `assistant`) to render
+    /// with the chat template instead of `system_prompt` and `prompt`.
+    pub messages: Vec<Message>,
+    /// `prompt` is sent to the model as it is, without the chat template
+    /// (a completion).
+    pub raw: bool,
     /// Most tokens to generate; 0 = as many as the context has room for.
     pub max_tokens: u32,
     /// Sampling temperature, `0..=2`; 0 = greedy (deterministic).
@@ -137,6 +145,8 @@ impl Default for ChatRequest {
         Self {
             prompt: String::new(),
             system_prompt: String::new(),
+            messages: Vec::new(),
+            raw: false,
             max_tokens: 0,
             temperature: 0.4,
             top_p: 1.0,
@@ -162,7 +172,7 @@ impl ChatRequest {
     /// [`ChatError::InvalidRequest`] naming the field and the accepted range.
     pub fn validate(&self) -> Result<(), ChatError> {
         let invalid = |m: String| Err(ChatError::InvalidRequest(m));
-        if self.prompt.trim().is_empty() {
+        if self.messages.is_empty() && self.prompt.trim().is_empty() {
             return invalid("prompt is empty".into());
         }
         if !(0.0..=MAX_TEMPERATURE).contains(&self.temperature) {
@@ -686,7 +696,30 @@ impl LlamaEngine {
     /// # Errors
     /// [`ChatError::Template`] when the template fails on these messages.
     pub fn render_prompt(&self, system_prompt: &str, prompt: &str) -> Result<String, ChatError> {
-        let messages = template::chat_messages(system_prompt, prompt);
+        self.render_messages(&template::chat_messages(system_prompt, prompt))
+    }
+
+    /// The prompt text of `request`: its `prompt` as it is when `raw`, else
+    /// its `messages`, or its system prompt and prompt, rendered.
+    ///
+    /// # Errors
+    /// [`ChatError::Template`] when the template fails on these messages.
+    pub fn request_text(&self, request: &ChatRequest) -> Result<String, ChatError> {
+        if request.raw {
+            Ok(request.prompt.clone())
+        } else if request.messages.is_empty() {
+            self.render_prompt(&request.system_prompt, &request.prompt)
+        } else {
+            self.render_messages(&request.messages)
+        }
+    }
+
+    /// Renders a conversation, ending with the assistant's opening tag.
+    ///
+    /// # Errors
+    /// [`ChatError::Template`] when the template fails on these messages.
+    pub fn render_messages(&self, messages: &[Message]) -> Result<String, ChatError> {
+        let messages = messages.to_vec();
         match &self.format {
             PromptFormat::Builtin(tmpl) => {
                 let chat = to_llama_messages(&messages)?;
@@ -757,7 +790,7 @@ fn pick_format(model: &LlamaModel) -> PromptFormat {
 impl Generator for LlamaEngine {
     fn start(&self, request: ChatRequest) -> Result<Generation, ChatError> {
         request.validate()?;
-        let text = self.render_prompt(&request.system_prompt, &request.prompt)?;
+        let text = self.request_text(&request)?;
         let tokens = self.tokenize(&text);
         let prompt_tokens = tokens.len() as u32;
         let context = self.n_ctx;

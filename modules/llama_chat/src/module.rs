@@ -23,6 +23,7 @@ use crate::engine::{
     Generator, LlamaEngine, Summary, MAX_TEMPERATURE,
 };
 use crate::model::ModelSource;
+use crate::template::Message;
 
 /// The system prompt when the request gives none (CodeProject's LlamaChat's).
 pub const DEFAULT_SYSTEM_PROMPT: &str =
@@ -33,6 +34,10 @@ pub const DEFAULT_TEMPERATURE: f64 = 0.4;
 
 /// The command of route `text/chat`.
 pub const CHAT_COMMAND: &str = "prompt";
+
+/// The command of route `text/complete`: `prompt` continued as it is,
+/// without the chat template.
+pub const COMPLETE_COMMAND: &str = "complete";
 
 /// The chat that is running: what `cancel_command` needs while the long
 /// process owns the [`Generation`]. The reply so far and the token count
@@ -169,10 +174,19 @@ fn final_result(reply: String, s: &Summary, model: &str) -> Map<String, Value> {
 /// # Errors
 /// A missing `prompt`, or a value of the wrong type or out of range, naming it.
 pub fn chat_request(request: &RequestData) -> Result<ChatRequest, ModuleError> {
-    let prompt = request.string("prompt")?;
-    if prompt.trim().is_empty() {
-        return Err(ModuleError::new("value 'prompt' is empty"));
-    }
+    let messages = match request.get("messages").filter(|m| !m.trim().is_empty()) {
+        Some(text) => parse_messages(text)?,
+        None => Vec::new(),
+    };
+    let prompt = if messages.is_empty() {
+        let prompt = request.string("prompt")?;
+        if prompt.trim().is_empty() {
+            return Err(ModuleError::new("value 'prompt' is empty"));
+        }
+        prompt
+    } else {
+        String::new()
+    };
     let out_of_range = |key: &str, value: String, expected: &str| {
         ModuleError::new(format!("value '{key}' is {value}: expected {expected}"))
     };
@@ -216,6 +230,8 @@ pub fn chat_request(request: &RequestData) -> Result<ChatRequest, ModuleError> {
     Ok(ChatRequest {
         prompt,
         system_prompt: request.string_or("system_prompt", DEFAULT_SYSTEM_PROMPT),
+        messages,
+        raw: request.command() == COMPLETE_COMMAND,
         max_tokens,
         temperature: temperature as f32,
         top_p: top_p as f32,
@@ -228,6 +244,67 @@ pub fn chat_request(request: &RequestData) -> Result<ChatRequest, ModuleError> {
             .cloned()
             .collect(),
     })
+}
+
+/// The roles a chat message may have.
+const ROLES: [&str; 3] = ["system", "user", "assistant"];
+
+/// The `messages` value: a JSON array of `{"role", "content"}`, roles
+/// `system`, `user` and `assistant`; `content` a string, or an array of
+/// parts of which the `{"type": "text", "text"}` ones are joined (OpenAI's
+/// other shape).
+///
+/// # Errors
+/// Not JSON, not an array, empty, or a message of the wrong shape or role,
+/// naming its index.
+pub fn parse_messages(text: &str) -> Result<Vec<Message>, ModuleError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| ModuleError::new(format!("value 'messages' is not JSON: {e}")))?;
+    let Value::Array(items) = value else {
+        return Err(ModuleError::new(
+            "value 'messages' must be a JSON array of {\"role\", \"content\"}",
+        ));
+    };
+    if items.is_empty() {
+        return Err(ModuleError::new("value 'messages' is an empty array"));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let bad = |why: String| ModuleError::new(format!("messages[{i}]: {why}"));
+            let Value::Object(fields) = item else {
+                return Err(bad("not an object with role and content".into()));
+            };
+            let role = match fields.get("role") {
+                Some(Value::String(role)) if ROLES.contains(&role.as_str()) => role.clone(),
+                Some(Value::String(role)) => {
+                    return Err(bad(format!(
+                        "role '{role}' is not one of system, user, assistant"
+                    )))
+                }
+                _ => return Err(bad("'role' is missing or not a string".into())),
+            };
+            let content = match fields.get("content") {
+                Some(Value::String(text)) => text.clone(),
+                Some(Value::Array(parts)) => parts
+                    .iter()
+                    .map(|part| match (part.get("type"), part.get("text")) {
+                        (Some(Value::String(t)), Some(Value::String(text))) if t == "text" => {
+                            Ok(text.as_str())
+                        }
+                        _ => Err(bad(
+                            "only text content parts ({\"type\": \"text\", \"text\"}) are supported".into(),
+                        )),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+                    .join(""),
+                Some(Value::Null) | None => return Err(bad("'content' is missing".into())),
+                Some(_) => return Err(bad("'content' is not a string".into())),
+            };
+            Ok(Message::new(role, content))
+        })
+        .collect()
 }
 
 /// Engine settings from `CPAI_MODULE_LLAMA_THREADS` (default: the machine's
@@ -293,9 +370,10 @@ impl ModuleRunner for LlamaChat {
 
     fn process(&self, request: &RequestData) -> Result<Outcome, ModuleError> {
         match request.command() {
-            CHAT_COMMAND => self.chat(request),
+            CHAT_COMMAND | COMPLETE_COMMAND => self.chat(request),
             other => Err(ModuleError::new(format!(
-                "unknown command '{other}': LlamaChat handles '{CHAT_COMMAND}' (route text/chat)"
+                "unknown command '{other}': LlamaChat handles '{CHAT_COMMAND}' (route text/chat) \
+                 and '{COMPLETE_COMMAND}' (route text/complete)"
             ))),
         }
     }
@@ -347,6 +425,37 @@ impl ModuleRunner for LlamaChat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_are_read_and_bad_ones_named_by_index() {
+        let messages = parse_messages(
+            r#"[{"role":"system","content":"Be brief."},
+                {"role":"user","content":[{"type":"text","text":"Hi "},{"type":"text","text":"there"}]},
+                {"role":"assistant","content":"Hello."}]"#,
+        )
+        .unwrap();
+        assert_eq!(messages[1], Message::new("user", "Hi there"));
+        assert_eq!(messages.len(), 3);
+        for (text, needle) in [
+            ("not json", "not JSON"),
+            ("{}", "must be a JSON array"),
+            ("[]", "empty array"),
+            (
+                r#"[{"role":"user","content":"a"},{"role":"tool","content":"b"}]"#,
+                "messages[1]: role 'tool'",
+            ),
+            (r#"[{"role":"user"}]"#, "messages[0]: 'content' is missing"),
+            (r#"[{"content":"x"}]"#, "messages[0]: 'role' is missing"),
+            (r#"["hi"]"#, "messages[0]: not an object"),
+            (
+                r#"[{"role":"user","content":[{"type":"image_url"}]}]"#,
+                "only text content parts",
+            ),
+        ] {
+            let err = parse_messages(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
     use crate::engine::tests::TINY;
     use crate::engine::TokenCount;
 

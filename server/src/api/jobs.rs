@@ -4,7 +4,6 @@
 //! `delta`, `status`, `done` and `error` events, resumable with
 //! `Last-Event-ID`.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,14 +13,13 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::jobs::{Event, Job, JobStatus, WatchGuard};
+use crate::jobs::{Job, JobStatus};
 use crate::registry::Module;
+use crate::watcher::Watcher;
 use crate::{envelope, AppState};
 
 /// Comment pings keep proxies from cutting a stream that is quiet this long.
 pub const SSE_PING: Duration = Duration::from_secs(15);
-/// How often a quiet stream checks that its client is still there.
-const DISCONNECT_CHECK: Duration = Duration::from_millis(200);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/jobs", web::get().to(list))
@@ -137,17 +135,7 @@ pub fn stream(
     after: u64,
     cancel_on_disconnect: Option<Arc<Module>>,
 ) -> impl Responder {
-    let watcher = Watcher {
-        guard: job.watch(),
-        changes: job.subscribe(),
-        job,
-        cursor: after,
-        pending: VecDeque::new(),
-        ended: false,
-        req,
-        shutdown: state.shutdown.clone(),
-        cancel: cancel_on_disconnect.map(|module| (Arc::clone(&state.commands), module)),
-    };
+    let watcher = Watcher::new(state, req, job, after, cancel_on_disconnect);
     let events = futures_util::stream::unfold(watcher, |mut w| async move {
         let event = w.next().await?;
         let data = sse::Data::new(event.kind.data().to_string())
@@ -159,73 +147,4 @@ pub fn stream(
         .with_keep_alive(SSE_PING)
         .customize()
         .insert_header(("X-Accel-Buffering", "no"))
-}
-
-/// One SSE client of a job.
-struct Watcher {
-    job: Arc<Job>,
-    /// Keeps the job counted as watched (its poller polls faster).
-    #[allow(dead_code)]
-    guard: WatchGuard,
-    changes: tokio::sync::watch::Receiver<u64>,
-    /// The id of the last event sent.
-    cursor: u64,
-    pending: VecDeque<Event>,
-    /// No event will follow those pending.
-    ended: bool,
-    req: HttpRequest,
-    shutdown: tokio_util::sync::CancellationToken,
-    /// The one-call form: cancel the job if this client goes early.
-    cancel: Option<(Arc<crate::commands::Commands>, Arc<Module>)>,
-}
-
-impl Watcher {
-    /// The next event, waiting for it; `None` once the stream is over.
-    async fn next(&mut self) -> Option<Event> {
-        loop {
-            if let Some(event) = self.pending.pop_front() {
-                self.cursor = event.id;
-                return Some(event);
-            }
-            if self.ended {
-                return None;
-            }
-            // Marks the current version seen before reading, so a change
-            // made while reading wakes the wait below.
-            self.changes.borrow_and_update();
-            let (events, ended) = self.job.events_after(self.cursor);
-            self.pending.extend(events);
-            self.ended = ended;
-            if !self.pending.is_empty() || ended {
-                continue;
-            }
-            tokio::select! {
-                changed = self.changes.changed() => if changed.is_err() { return None },
-                _ = tokio::time::sleep(DISCONNECT_CHECK) => {
-                    if !crate::conn::client_connected(&self.req) {
-                        return None;
-                    }
-                }
-                _ = self.shutdown.cancelled() => return None,
-            }
-        }
-    }
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        let Some((commands, module)) = self.cancel.take() else {
-            return;
-        };
-        if self.ended || self.job.status().is_final() {
-            return;
-        }
-        let id = self.job.id.clone();
-        tracing::info!(job = %id, "the streaming client left: cancelling its job");
-        tokio::spawn(async move {
-            if let Err(failure) = commands.cancel(&module, Some(&id)).await {
-                tracing::warn!(job = %id, "cancelling a left client's job failed: {failure}");
-            }
-        });
-    }
 }

@@ -8,6 +8,9 @@
 //!   dashboard;
 //! - `settings`: start, stop, restart and per-module setting overrides;
 //! - `jobs`: the jobs API and its event streams;
+//! - `openai`, `ollama`: the OpenAI- and Ollama-compatible APIs over the
+//!   modules' generation routes (`crate::generation`); Ollama's sit under
+//!   `/api`, outside `/v1`;
 //! - `client`: the catch-all `POST /v1/{route}` that turns requests into commands.
 //!
 //! Order matters: the specific routes are registered before the catch-all, so
@@ -17,18 +20,21 @@ mod client;
 mod info;
 mod jobs;
 mod module_side;
+pub(crate) mod ollama;
+pub(crate) mod openai;
 mod settings;
 
 use actix_web::web;
 
-/// Registers every `/v1` endpoint on `cfg`.
+/// Registers every `/v1` endpoint, and Ollama's `/api`, on `cfg`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
+    cfg.configure(ollama::configure).service(
         web::scope("/v1")
             .configure(module_side::configure)
             .configure(info::configure)
             .configure(settings::configure)
             .configure(jobs::configure)
+            .configure(openai::configure)
             .configure(client::configure),
     );
 }

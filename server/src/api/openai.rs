@@ -1,0 +1,544 @@
+//! The OpenAI-compatible API over the modules' generation routes
+//! (docs/protocol.md §4.7, `crate::generation`): `POST /v1/chat/completions`
+//! and `POST /v1/completions` (with `stream`: Server-Sent Events chunks, then
+//! `data: [DONE]`), `GET /v1/models`, `GET /v1/models/{id}`,
+//! `POST /v1/embeddings`. Shapes as OpenAI's API reference gives them;
+//! errors are `{"error": {"message", "type", "param", "code"}}`.
+//!
+//! These routes are registered before CodeProject's catch-all
+//! `POST /v1/{route}`, so they win over a module route of the same path.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix_web::http::StatusCode;
+use actix_web::web::Bytes;
+use actix_web::{web, HttpRequest, HttpResponse};
+use modhost_protocol::{Failure, FailureKind};
+use modulesettings::GenerationApi;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::generation::{self, ModelError, Outcome, Sampling, Served, Started, Step};
+use crate::AppState;
+
+/// Largest request body, in bytes: long conversations fit.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    let post = |path: &str| web::resource(path).app_data(web::PayloadConfig::new(MAX_BODY));
+    cfg.service(post("/chat/completions").route(web::post().to(chat)))
+        .service(post("/completions").route(web::post().to(completions)))
+        .service(post("/embeddings").route(web::post().to(embeddings)))
+        .route("/models", web::get().to(models))
+        .route("/models/{id:.*}", web::get().to(model));
+}
+
+/// An error in OpenAI's shape.
+#[derive(Debug)]
+pub struct OpenAiError {
+    status: StatusCode,
+    message: String,
+    kind: &'static str,
+    param: Option<&'static str>,
+    code: Option<&'static str>,
+    retry_after: Option<u32>,
+}
+
+impl OpenAiError {
+    fn invalid(message: impl Into<String>, param: Option<&'static str>) -> OpenAiError {
+        OpenAiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param,
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    /// The answer: the status, `Retry-After` where a retry may succeed, and
+    /// the body.
+    pub fn response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        if let Some(secs) = self.retry_after {
+            response.insert_header(("Retry-After", secs.to_string()));
+        }
+        response.json(self.body())
+    }
+
+    fn body(&self) -> Value {
+        json!({"error": {"message": self.message, "type": self.kind,
+                         "param": self.param, "code": self.code}})
+    }
+
+    /// A refused API key (the access check), in OpenAI's shape.
+    pub fn unauthorized(message: String) -> OpenAiError {
+        OpenAiError {
+            status: StatusCode::UNAUTHORIZED,
+            message,
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("invalid_api_key"),
+            retry_after: None,
+        }
+    }
+}
+
+impl From<ModelError> for OpenAiError {
+    fn from(err: ModelError) -> OpenAiError {
+        OpenAiError {
+            status: StatusCode::NOT_FOUND,
+            message: err.to_string(),
+            kind: "invalid_request_error",
+            param: Some("model"),
+            code: Some("model_not_found"),
+            retry_after: None,
+        }
+    }
+}
+
+impl From<Failure> for OpenAiError {
+    fn from(failure: Failure) -> OpenAiError {
+        let (status, kind) = match failure.kind {
+            // The module refused the request's values.
+            FailureKind::CommandFailed => (StatusCode::BAD_REQUEST, "invalid_request_error"),
+            FailureKind::QueueFull => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
+            FailureKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            FailureKind::ModuleNotRunning
+            | FailureKind::ModuleCrashed
+            | FailureKind::ModuleStopped
+            | FailureKind::ModuleUnresponsive => (StatusCode::SERVICE_UNAVAILABLE, "server_error"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+        };
+        OpenAiError {
+            status,
+            message: failure.message,
+            kind,
+            param: None,
+            code: Some(failure.kind.code()),
+            retry_after: failure
+                .kind
+                .retry_after_secs()
+                .or((status == StatusCode::SERVICE_UNAVAILABLE).then_some(5)),
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `stop`: a string or an array of strings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// The fields of a chat or completion request modhost reads; others are
+/// accepted and ignored.
+#[derive(Deserialize)]
+struct GenerateRequest {
+    model: Option<String>,
+    messages: Option<Value>,
+    prompt: Option<Value>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    seed: Option<u64>,
+    stop: Option<Stop>,
+    n: Option<u64>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, OpenAiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        OpenAiError::invalid(
+            format!("the request body is not the expected JSON: {e}"),
+            None,
+        )
+    })
+}
+
+impl GenerateRequest {
+    fn sampling(&self) -> Result<Sampling, OpenAiError> {
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(OpenAiError::invalid(
+                format!(
+                    "n is {}: modhost generates one choice per request (n = 1)",
+                    self.n.unwrap_or(0)
+                ),
+                Some("n"),
+            ));
+        }
+        Ok(Sampling {
+            max_tokens: self.max_completion_tokens.or(self.max_tokens),
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: None,
+            seed: self.seed,
+            stop: match &self.stop {
+                None => Vec::new(),
+                Some(Stop::One(s)) => vec![s.clone()],
+                Some(Stop::Many(v)) => v.clone(),
+            },
+        })
+    }
+
+    fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
+    }
+}
+
+/// `POST /v1/chat/completions`.
+async fn chat(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: Bytes,
+) -> Result<HttpResponse, OpenAiError> {
+    let request: GenerateRequest = parse(&body)?;
+    let messages = match &request.messages {
+        Some(Value::Array(m)) if !m.is_empty() => Value::Array(m.clone()),
+        Some(Value::Array(_)) => {
+            return Err(OpenAiError::invalid("messages is empty", Some("messages")))
+        }
+        _ => {
+            return Err(OpenAiError::invalid(
+                "messages is required: an array of {\"role\", \"content\"}",
+                Some("messages"),
+            ))
+        }
+    };
+    let served = generation::resolve(&state, GenerationApi::Chat, request.model.as_deref())?;
+    let values = generation::values(&[("messages", messages.to_string())], &request.sampling()?);
+    generate(&state, &req, &served, values, &request, Kind::Chat).await
+}
+
+/// `POST /v1/completions`.
+async fn completions(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: Bytes,
+) -> Result<HttpResponse, OpenAiError> {
+    let request: GenerateRequest = parse(&body)?;
+    let prompt = match &request.prompt {
+        Some(Value::String(p)) => p.clone(),
+        Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {
+            items[0].as_str().unwrap_or_default().to_owned()
+        }
+        Some(Value::Array(_)) => {
+            return Err(OpenAiError::invalid(
+                "prompt must be one string: modhost completes one prompt per request",
+                Some("prompt"),
+            ))
+        }
+        _ => {
+            return Err(OpenAiError::invalid(
+                "prompt is required: a string",
+                Some("prompt"),
+            ))
+        }
+    };
+    let served = generation::resolve(&state, GenerationApi::Completion, request.model.as_deref())?;
+    let values = generation::values(&[("prompt", prompt)], &request.sampling()?);
+    generate(&state, &req, &served, values, &request, Kind::Completion).await
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+impl Kind {
+    fn object(self, chunk: bool) -> &'static str {
+        match (self, chunk) {
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Chat, true) => "chat.completion.chunk",
+            (Kind::Completion, _) => "text_completion",
+        }
+    }
+
+    /// One choice carrying `text` (a delta when streaming).
+    fn choice(self, text: Option<&str>, finish: Option<&str>, stream: bool) -> Value {
+        match self {
+            Kind::Chat if stream => {
+                let delta = match text {
+                    Some(t) => json!({"content": t}),
+                    None => json!({}),
+                };
+                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+            }
+            Kind::Chat => json!({"index": 0, "logprobs": null, "finish_reason": finish,
+                                 "message": {"role": "assistant", "content": text.unwrap_or("")}}),
+            Kind::Completion => json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null,
+                                       "finish_reason": finish}),
+        }
+    }
+}
+
+fn usage(outcome: &Outcome) -> Value {
+    json!({
+        "prompt_tokens": outcome.prompt_tokens,
+        "completion_tokens": outcome.completion_tokens,
+        "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": outcome.cached_tokens},
+    })
+}
+
+/// Runs the generation and answers in one piece or as a stream.
+async fn generate(
+    state: &web::Data<AppState>,
+    req: &HttpRequest,
+    served: &Served,
+    values: crate::payload::RequestValues,
+    request: &GenerateRequest,
+    kind: Kind,
+) -> Result<HttpResponse, OpenAiError> {
+    let started = generation::start(state, req, served, values).await?;
+    let prefix = match kind {
+        Kind::Chat => "chatcmpl",
+        Kind::Completion => "cmpl",
+    };
+    let id = match &started {
+        Started::Job { job, .. } => format!("{prefix}-{}", job.id),
+        Started::Done(_) => format!("{prefix}-{}", uuid::Uuid::new_v4()),
+    };
+    let created = now_secs();
+    let model = served.model.clone();
+    if !request.stream {
+        let outcome = generation::finish(started).await?;
+        return Ok(HttpResponse::Ok().json(json!({
+            "id": id, "object": kind.object(false), "created": created,
+            "model": model, "system_fingerprint": null,
+            "choices": [kind.choice(Some(&outcome.text), Some(outcome.finish_reason), false)],
+            "usage": usage(&outcome),
+        })));
+    }
+    let chunk = move |choices: Value, usage: Value| -> Bytes {
+        let mut body = json!({"id": id, "object": kind.object(true), "created": created,
+                              "model": model, "system_fingerprint": null, "choices": choices});
+        if !usage.is_null() {
+            body["usage"] = usage;
+        }
+        Bytes::from(format!("data: {body}\n\n"))
+    };
+    let include_usage = request.include_usage();
+    let stream = async_stream(started, kind, include_usage, chunk);
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(stream))
+}
+
+/// The SSE chunks of a streamed generation: the role first (chat), a chunk
+/// per delta, the finish reason, the usage when asked for, `[DONE]`. A
+/// failure midway is a `data: {"error": ...}` chunk, then the end.
+fn async_stream(
+    started: Started,
+    kind: Kind,
+    include_usage: bool,
+    chunk: impl Fn(Value, Value) -> Bytes + 'static,
+) -> impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>> {
+    enum State {
+        First(Started),
+        Reading(Started),
+        Finished,
+    }
+    let first = match kind {
+        Kind::Chat => Some(chunk(
+            json!([{"index": 0, "delta": {"role": "assistant", "content": ""},
+                    "logprobs": null, "finish_reason": null}]),
+            Value::Null,
+        )),
+        Kind::Completion => None,
+    };
+    futures_util::stream::unfold(
+        (State::First(started), first, chunk),
+        move |(state, first, chunk)| async move {
+            match state {
+                State::First(started) => {
+                    let bytes = first.clone().unwrap_or_else(Bytes::new);
+                    Some((Ok(bytes), (State::Reading(started), None, chunk)))
+                }
+                State::Reading(Started::Done(result)) => {
+                    // A plain command: its whole text, then the end.
+                    let outcome = generation::finish(Started::Done(result)).await.ok()?;
+                    let bytes =
+                        end_chunks(&chunk, kind, &outcome, include_usage, Some(&outcome.text));
+                    Some((Ok(bytes), (State::Finished, None, chunk)))
+                }
+                State::Reading(Started::Job { job, mut watcher }) => {
+                    let bytes = match generation::next_step(&mut watcher).await {
+                        Ok(Step::Text(text)) => {
+                            let bytes =
+                                chunk(json!([kind.choice(Some(&text), None, true)]), Value::Null);
+                            return Some((
+                                Ok(bytes),
+                                (State::Reading(Started::Job { job, watcher }), None, chunk),
+                            ));
+                        }
+                        Ok(Step::Done(outcome)) => {
+                            end_chunks(&chunk, kind, &outcome, include_usage, None)
+                        }
+                        Err(failure) => {
+                            let body = OpenAiError::from(failure).body();
+                            Bytes::from(format!("data: {body}\n\n"))
+                        }
+                    };
+                    Some((Ok(bytes), (State::Finished, None, chunk)))
+                }
+                State::Finished => None,
+            }
+        },
+    )
+}
+
+/// The last chunks: the finish reason (with `text` for a plain command),
+/// the usage chunk when asked for, and `[DONE]`.
+fn end_chunks(
+    chunk: &impl Fn(Value, Value) -> Bytes,
+    kind: Kind,
+    outcome: &Outcome,
+    include_usage: bool,
+    text: Option<&str>,
+) -> Bytes {
+    let mut out = Vec::new();
+    if let Some(text) = text.filter(|t| !t.is_empty()) {
+        out.extend_from_slice(&chunk(
+            json!([kind.choice(Some(text), None, true)]),
+            Value::Null,
+        ));
+    }
+    out.extend_from_slice(&chunk(
+        json!([kind.choice(None, Some(outcome.finish_reason), true)]),
+        Value::Null,
+    ));
+    if include_usage {
+        out.extend_from_slice(&chunk(json!([]), usage(outcome)));
+    }
+    out.extend_from_slice(b"data: [DONE]\n\n");
+    Bytes::from(out)
+}
+
+/// `POST /v1/embeddings`: `input` a string or an array of strings.
+async fn embeddings(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: Bytes,
+) -> Result<HttpResponse, OpenAiError> {
+    #[derive(Deserialize)]
+    struct EmbeddingRequest {
+        model: Option<String>,
+        input: Option<Value>,
+    }
+    let request: EmbeddingRequest = parse(&body)?;
+    let input: Vec<String> = match request.input {
+        Some(Value::String(s)) => vec![s],
+        Some(Value::Array(items)) if !items.is_empty() && items.iter().all(Value::is_string) => {
+            items
+                .iter()
+                .map(|v| v.as_str().unwrap_or_default().to_owned())
+                .collect()
+        }
+        _ => {
+            return Err(OpenAiError::invalid(
+                "input is required: a string or a non-empty array of strings",
+                Some("input"),
+            ))
+        }
+    };
+    let served = generation::resolve(&state, GenerationApi::Embedding, request.model.as_deref())?;
+    let values = generation::values(
+        &[("input", Value::from(input).to_string())],
+        &Sampling::default(),
+    );
+    let started = generation::start(&state, &req, &served, values).await?;
+    let outcome = generation::finish(started).await?;
+    let data: Vec<Value> = outcome
+        .embeddings
+        .iter()
+        .enumerate()
+        .map(|(i, e)| json!({"object": "embedding", "index": i, "embedding": e}))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "object": "list", "data": data, "model": served.model,
+        "usage": {"prompt_tokens": outcome.prompt_tokens, "total_tokens": outcome.prompt_tokens},
+    })))
+}
+
+/// The models clients can name, one entry per model.
+fn model_list(state: &AppState) -> Vec<Value> {
+    let mut seen = std::collections::HashSet::new();
+    generation::served(state)
+        .into_iter()
+        .filter(|s| seen.insert(s.model.to_ascii_lowercase()))
+        .map(|s| {
+            let created = s
+                .module
+                .state()
+                .started
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            json!({"id": s.model, "object": "model", "created": created, "owned_by": s.module.id()})
+        })
+        .collect()
+}
+
+/// `GET /v1/models`.
+async fn models(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({"object": "list", "data": model_list(&state)}))
+}
+
+/// `GET /v1/models/{id}`.
+async fn model(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, OpenAiError> {
+    let id = path.into_inner();
+    model_list(&state)
+        .into_iter()
+        .find(|m| {
+            m["id"]
+                .as_str()
+                .is_some_and(|m| m.eq_ignore_ascii_case(&id))
+        })
+        .map(|m| HttpResponse::Ok().json(m))
+        .ok_or_else(|| {
+            OpenAiError::from(ModelError::NotFound {
+                model: id,
+                api: "any API",
+            })
+        })
+}
+
+impl std::fmt::Display for OpenAiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl actix_web::ResponseError for OpenAiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        self.response()
+    }
+}

@@ -1,0 +1,346 @@
+//! Generation: what the OpenAI- and Ollama-compatible APIs have in common
+//! (docs/protocol.md §4.7). A module declares which of its routes implement
+//! `chat`, `completion` or `embedding` (`Implements` in its manifest); a
+//! request names a model; the model picks the module and route; the request
+//! becomes that route's values and runs as a command like any other, a job
+//! when the module answers with a long process; its deltas and final result
+//! come back here for the API to shape.
+//!
+//! The values a generation route receives: `messages` (chat: a JSON array of
+//! `{role, content}`), `prompt` (completion), `input` (embedding: a JSON
+//! array of strings), and where given `max_tokens`, `temperature`, `top_p`,
+//! `top_k`, `seed`, `stop` (repeated). The result fields read back:
+//! `reply`, `finish_reason` (or `stop_reason`), `prompt_tokens`,
+//! `completion_tokens`, `cached_tokens`, `model`, `inferenceMs`,
+//! `time_to_first_token_ms`, and for embeddings `embeddings`.
+
+use std::sync::Arc;
+
+use actix_web::{web, HttpRequest};
+use modhost_protocol::{Failure, FailureKind, JsonMap, ReplyMeta};
+use modulesettings::{GenerationApi, RouteMap};
+use serde_json::Value;
+
+use crate::jobs::{EventKind, Job};
+use crate::payload::RequestValues;
+use crate::registry::{Module, RouteMatch};
+use crate::watcher::Watcher;
+use crate::AppState;
+
+/// A model clients can name: a module route that implements an API.
+#[derive(Clone)]
+pub struct Served {
+    /// The name clients see and send: the module's `model` status field
+    /// (LlamaChat: the GGUF's name), else the module id.
+    pub model: String,
+    pub module: Arc<Module>,
+    pub route: RouteMap,
+    pub api: GenerationApi,
+}
+
+/// Why a request names no model that can serve it.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// No module serves this model with this API.
+    #[error("the model '{model}' does not exist or does not serve {api}; GET /v1/models lists the models")]
+    NotFound { model: String, api: &'static str },
+    /// No module implements the API at all.
+    #[error("no running module serves {0}: a module declares it with \"Implements\" on a route (docs/protocol.md §4.7)")]
+    NoModule(&'static str),
+}
+
+/// The API's name in messages.
+pub fn api_name(api: GenerationApi) -> &'static str {
+    match api {
+        GenerationApi::Chat => "chat",
+        GenerationApi::Completion => "completions",
+        GenerationApi::Embedding => "embeddings",
+    }
+}
+
+/// The model name of a module: its `model` status field, else its id.
+pub fn model_name(module: &Module) -> String {
+    module
+        .state()
+        .status_data
+        .as_ref()
+        .and_then(|d| d.get("model"))
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+        .map_or_else(|| module.id().to_owned(), str::to_owned)
+}
+
+/// Every route of a module that accepts commands and implements an API, in
+/// module order.
+pub fn served(state: &AppState) -> Vec<Served> {
+    state
+        .registry
+        .modules()
+        .iter()
+        .filter(|m| m.state().status.accepts_commands())
+        .flat_map(|module| {
+            let model = model_name(module);
+            module
+                .manifest
+                .settings
+                .route_maps
+                .iter()
+                .filter_map(move |route| {
+                    route.implements.map(|api| Served {
+                        model: model.clone(),
+                        module: Arc::clone(module),
+                        route: route.clone(),
+                        api,
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The route serving `api` for `model` (its name or its module's id, any
+/// letter case); without a model, the first one.
+///
+/// # Errors
+/// [`ModelError`] when none serves it.
+pub fn resolve(
+    state: &AppState,
+    api: GenerationApi,
+    model: Option<&str>,
+) -> Result<Served, ModelError> {
+    let candidates: Vec<Served> = served(state).into_iter().filter(|s| s.api == api).collect();
+    let model = model.map(str::trim).filter(|m| !m.is_empty());
+    let found = match model {
+        None => candidates.into_iter().next(),
+        Some(name) => {
+            let empty = candidates.is_empty();
+            let found = candidates.into_iter().find(|s| {
+                s.model.eq_ignore_ascii_case(name)
+                    || s.module.id().eq_ignore_ascii_case(name)
+                    // Ollama clients add a tag: "name:latest".
+                    || name
+                        .strip_suffix(":latest")
+                        .is_some_and(|n| s.model.eq_ignore_ascii_case(n))
+            });
+            if found.is_none() && !empty {
+                return Err(ModelError::NotFound {
+                    model: name.to_owned(),
+                    api: api_name(api),
+                });
+            }
+            found
+        }
+    };
+    found.ok_or(ModelError::NoModule(api_name(api)))
+}
+
+/// The sampling values a request may carry, as the route receives them.
+#[derive(Debug, Clone, Default)]
+pub struct Sampling {
+    pub max_tokens: Option<u64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<u64>,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+}
+
+/// The request values for `served`'s route: `content` (the API's own
+/// values, e.g. `messages`) and the sampling values.
+pub fn values(content: &[(&str, String)], sampling: &Sampling) -> RequestValues {
+    let mut values = RequestValues::with_limit(0);
+    let mut add = |key: &str, value: String| {
+        values.push(key, value).expect("no limit");
+    };
+    for (key, value) in content {
+        add(key, value.clone());
+    }
+    if let Some(n) = sampling.max_tokens {
+        add("max_tokens", n.to_string());
+    }
+    if let Some(t) = sampling.temperature {
+        add("temperature", t.to_string());
+    }
+    if let Some(p) = sampling.top_p {
+        add("top_p", p.to_string());
+    }
+    if let Some(k) = sampling.top_k {
+        add("top_k", k.to_string());
+    }
+    if let Some(seed) = sampling.seed {
+        add("seed", seed.to_string());
+    }
+    for stop in &sampling.stop {
+        add("stop", stop.clone());
+    }
+    values
+}
+
+/// A generation under way.
+pub enum Started {
+    /// The module answered at once (a plain command): its whole result.
+    Done(JsonMap),
+    /// A job: follow it with the watcher.
+    Job { job: Arc<Job>, watcher: Watcher },
+}
+
+/// Runs `served`'s route with `values` for the client of `req`. A job's
+/// watcher cancels the job when the client goes before the end.
+///
+/// # Errors
+/// The command's [`Failure`], or the module's own error
+/// ([`FailureKind::CommandFailed`]) when it answers `success: false`.
+pub async fn start(
+    state: &web::Data<AppState>,
+    req: &HttpRequest,
+    served: &Served,
+    values: RequestValues,
+) -> Result<Started, Failure> {
+    let target = RouteMatch {
+        module: Arc::clone(&served.module),
+        route: Some(served.route.clone()),
+        command: served.route.command.clone(),
+        url_segments: Vec::new(),
+    };
+    let reply = state.commands.run(target, values).await?;
+    let meta = ReplyMeta::read(&reply);
+    if !meta.success {
+        let message = reply
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("the module failed without saying why");
+        return Err(Failure::new(FailureKind::CommandFailed, message));
+    }
+    let job = meta
+        .starts_long_process()
+        .then(|| meta.command_id.as_deref().and_then(|id| state.jobs.get(id)))
+        .flatten();
+    Ok(match job {
+        None => Started::Done(reply),
+        Some(job) => {
+            let watcher = Watcher::new(
+                state,
+                req.clone(),
+                Arc::clone(&job),
+                0,
+                Some(Arc::clone(&served.module)),
+            );
+            Started::Job { job, watcher }
+        }
+    })
+}
+
+/// What a job's next event means to a generation API.
+pub enum Step {
+    /// More text.
+    Text(String),
+    /// The end: the final result.
+    Done(Outcome),
+}
+
+/// Reads the job to its next text or its end.
+///
+/// # Errors
+/// The job's failure; [`FailureKind::Cancelled`] when the stream ended
+/// without a result (the client went, or the server is stopping).
+pub async fn next_step(watcher: &mut Watcher) -> Result<Step, Failure> {
+    loop {
+        let Some(event) = watcher.next().await else {
+            return Err(Failure::new(
+                FailureKind::Cancelled,
+                "the generation ended without a result (the client went or the server is stopping)",
+            ));
+        };
+        match event.kind {
+            EventKind::Delta { text, .. } if !text.is_empty() => return Ok(Step::Text(text)),
+            EventKind::Delta { .. } | EventKind::Status(_) => {}
+            EventKind::Done(result) => {
+                let meta = ReplyMeta::read(&result);
+                if !meta.success {
+                    let message = result
+                        .get("error")
+                        .and_then(Value::as_str)
+                        .unwrap_or("the module failed without saying why");
+                    return Err(Failure::new(FailureKind::CommandFailed, message));
+                }
+                return Ok(Step::Done(Outcome::from_result(result)));
+            }
+            EventKind::Error(failure) => return Err(failure),
+        }
+    }
+}
+
+/// Reads a whole generation: its text and its outcome.
+///
+/// # Errors
+/// As [`next_step`].
+pub async fn finish(started: Started) -> Result<Outcome, Failure> {
+    match started {
+        Started::Done(result) => Ok(Outcome::from_result(result)),
+        Started::Job { mut watcher, .. } => loop {
+            if let Step::Done(outcome) = next_step(&mut watcher).await? {
+                return Ok(outcome);
+            }
+        },
+    }
+}
+
+/// A finished generation, read from the module's final result.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The whole reply.
+    pub text: String,
+    /// OpenAI's `finish_reason`: `stop` or `length` (a stop string and a
+    /// cancel count as `stop`).
+    pub finish_reason: &'static str,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    /// Milliseconds of prompt processing and generation.
+    pub inference_ms: u64,
+    /// Milliseconds to the first token.
+    pub first_token_ms: f64,
+    /// Embedding vectors (embedding routes).
+    pub embeddings: Vec<Vec<f64>>,
+}
+
+impl Outcome {
+    fn from_result(result: JsonMap) -> Outcome {
+        let number = |key: &str| result.get(key).and_then(Value::as_u64).unwrap_or(0);
+        let reason = result
+            .get("finish_reason")
+            .or_else(|| result.get("stop_reason"))
+            .and_then(Value::as_str)
+            .unwrap_or("stop");
+        let embeddings = result
+            .get("embeddings")
+            .and_then(Value::as_array)
+            .map(|rows| {
+                rows.iter()
+                    .map(|row| {
+                        row.as_array()
+                            .map(|v| v.iter().filter_map(Value::as_f64).collect())
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Outcome {
+            text: result
+                .get("reply")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            finish_reason: if reason == "length" { "length" } else { "stop" },
+            prompt_tokens: number("prompt_tokens"),
+            completion_tokens: number("completion_tokens"),
+            cached_tokens: number("cached_tokens"),
+            inference_ms: number("inferenceMs"),
+            first_token_ms: result
+                .get("time_to_first_token_ms")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0),
+            embeddings,
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! modhost's OpenAI- and Ollama-compatible APIs (docs/protocol.md §4.7)
+//! over the real LlamaChat module on a generated demo model, driven by the
+//! official Python clients (`tests/clients/generation_clients.py`), plus the
+//! error shapes those clients read.
+
+use std::process::Command;
+use std::time::Duration;
+
+use modhost_tests::{python_venv, workspace_root, InProcess, ModuleDir, Server};
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn the_official_openai_and_ollama_clients_chat_with_llamachat() {
+    let root = Server::root().unwrap();
+    ModuleDir::llama_chat(&root.path().join("modules"), "tiny").unwrap();
+    let server = Server::start(root, &["--no-install"]).await.unwrap();
+    server
+        .wait_for_status("LlamaChat", "Started", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let venv = python_venv().unwrap();
+    let script = workspace_root().join("tests/clients/generation_clients.py");
+    let base = server.base.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(venv.join("bin/python3"))
+            .arg(script)
+            .arg(base)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(
+        output.status.success() && stdout.contains("all checks passed"),
+        "the client checks failed ({}):\n{stdout}\n{stderr}\n---- modhost ----\n{}",
+        output.status,
+        server.output()
+    );
+}
+
+/// Requests the clients cannot make wrong, made wrong: answered in each
+/// API's error shape, with the status its clients expect.
+#[tokio::test]
+async fn bad_requests_get_each_apis_error_shape() {
+    let server = InProcess::start(Server::root().unwrap(), &[]).unwrap();
+    let post = |path: &'static str, body: Value| {
+        let request = server.http.post(server.url(path)).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    // No module serves chat here.
+    let (status, body) = post(
+        "/v1/chat/completions",
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "model_not_found", "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no running module serves chat"));
+    let (status, body) = post("/v1/chat/completions", json!({"model": "m"})).await;
+    assert_eq!(
+        (status, &body["error"]["param"]),
+        (400, &json!("messages")),
+        "{body}"
+    );
+    let (status, body) = post("/v1/completions", json!({"prompt": ["a", "b"]})).await;
+    assert_eq!(
+        (status, &body["error"]["param"]),
+        (400, &json!("prompt")),
+        "{body}"
+    );
+    let response = server
+        .http
+        .post(server.url("/v1/chat/completions"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    let models = server.get_json("/v1/models").await.unwrap();
+    assert_eq!(models, json!({"object": "list", "data": []}));
+
+    let (status, body) = post(
+        "/api/chat",
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("no running module serves chat"),
+        "{body}"
+    );
+    let (status, body) = post("/api/pull", json!({"model": "llama3"})).await;
+    assert_eq!(status, 501, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("/api/chat"),
+        "{body}"
+    );
+    assert_eq!(
+        server.get_json("/api/tags").await.unwrap(),
+        json!({"models": []})
+    );
+
+    // With an API key: 401 in each API's shape (to a client without it;
+    // the InProcess client sends the key).
+    let anonymous = reqwest::Client::new();
+    let keyed =
+        InProcess::start(Server::root().unwrap(), &["--api-key", "k3y-for-the-tests"]).unwrap();
+    let response = anonymous.get(keyed.url("/v1/models")).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_api_key", "{body}");
+    let response = anonymous.get(keyed.url("/api/tags")).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"].is_string(), "{body}");
+    let response = keyed
+        .http
+        .get(keyed.url("/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
