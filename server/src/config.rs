@@ -139,6 +139,10 @@ pub struct Cli {
     /// one call disconnects [default: false: cancel it].
     #[arg(long, env = "MODHOST_KEEP_JOBS_ON_DISCONNECT", num_args = 0..=1, default_missing_value = "true")]
     pub keep_jobs_on_disconnect: Option<bool>,
+    /// A second port, on the same address, for clients that assume
+    /// Ollama's (11434); it serves the same routes [default: none].
+    #[arg(long, env = "MODHOST_OLLAMA_PORT")]
+    pub ollama_port: Option<u16>,
 }
 
 /// The `[server]`-less flat TOML file; see `modhost.sample.toml`.
@@ -197,6 +201,8 @@ pub struct FileConfig {
     pub job_poll_ms: Option<u64>,
     /// As `--keep-jobs-on-disconnect`.
     pub keep_jobs_on_disconnect: Option<bool>,
+    /// As `--ollama-port`.
+    pub ollama_port: Option<u16>,
 }
 
 /// Environment variables modules get from the server's environment whatever
@@ -274,6 +280,8 @@ pub struct Config {
     pub job_poll_interval: Duration,
     /// Keep a one-call streamed job running after its client disconnects.
     pub keep_jobs_on_disconnect: bool,
+    /// A second client port, for clients that assume Ollama's.
+    pub ollama_port: Option<u16>,
 }
 
 /// Why a configuration could not be built.
@@ -327,6 +335,7 @@ impl Default for Config {
             max_finished_jobs: 500,
             job_poll_interval: Duration::from_millis(250),
             keep_jobs_on_disconnect: false,
+            ollama_port: None,
         }
     }
 }
@@ -448,6 +457,7 @@ impl Config {
                 .keep_jobs_on_disconnect
                 .or(file.keep_jobs_on_disconnect)
                 .unwrap_or(false),
+            ollama_port: cli.ollama_port.or(file.ollama_port),
         };
         config.validate()?;
         Ok(config)

@@ -262,6 +262,25 @@ pub async fn run(
         shutdown: streams_end.clone(),
     });
 
+    let ollama_listener = match config.ollama_port {
+        Some(port) => Some(
+            std::net::TcpListener::bind((local.ip(), port)).with_context(|| {
+                format!("cannot listen for Ollama clients on {}:{port}", local.ip())
+            })?,
+        ),
+        None => None,
+    };
+    if let Some(listener) = &ollama_listener {
+        logs.add(
+            LogLevel::Information,
+            "Server",
+            "",
+            &format!(
+                "also serving on {} for clients that assume Ollama's port",
+                listener.local_addr()?
+            ),
+        );
+    }
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let app_state = state.clone();
     let server = HttpServer::new(move || {
@@ -278,7 +297,13 @@ pub async fn run(
     .disable_signals()
     .shutdown_timeout(2)
     .listen(listener)
-    .context("serving the listener")?
+    .context("serving the listener")?;
+    let server = match ollama_listener {
+        Some(ollama) => server
+            .listen(ollama)
+            .context("serving the Ollama listener")?,
+        None => server,
+    }
     .run();
     let module_state = state.clone();
     let module_server = HttpServer::new(move || {

@@ -138,3 +138,91 @@ async fn bad_requests_get_each_apis_error_shape() {
         .unwrap();
     assert_eq!(response.status(), 200);
 }
+
+/// A module on the official CodeProject Python SDK that declares a chat
+/// route is reached through both APIs; `ollama_port` serves them on a
+/// second port.
+#[tokio::test]
+async fn a_python_sdk_module_serves_the_apis_on_a_second_port_too() {
+    let root = Server::root().unwrap();
+    ModuleDir::python_module(
+        &root.path().join("modules"),
+        "ScriptedChat",
+        &workspace_root().join("tests/modules/scripted_chat"),
+    )
+    .unwrap();
+    let ollama_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let server = Server::start(root, &["--ollama-port", &ollama_port])
+        .await
+        .unwrap();
+    server
+        .wait_for_status("LlamaChat", "Started", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let models = server.get_json("/v1/models").await.unwrap();
+    assert_eq!(models["data"][0]["id"], "LlamaChat", "{models}");
+    let messages = json!([{"role": "user", "content": "first"},
+                          {"role": "assistant", "content": "ok"},
+                          {"role": "user", "content": "Echo this back"}]);
+    let reply: Value = server
+        .http
+        .post(server.url("/v1/chat/completions"))
+        .json(&json!({"model": "llamachat", "messages": messages}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        reply["choices"][0]["message"]["content"], "Echo this back",
+        "{reply}"
+    );
+    assert_eq!(reply["usage"]["completion_tokens"], 14, "{reply}");
+
+    // Ollama's port: the streamed chat, a line per piece.
+    let ollama = format!("http://127.0.0.1:{ollama_port}");
+    let version: Value = server
+        .http
+        .get(format!("{ollama}/api/version"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(version["version"].is_string(), "{version}");
+    let text = server
+        .http
+        .post(format!("{ollama}/api/chat"))
+        .json(&json!({"model": "LlamaChat", "messages": messages}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // At least a piece and the end (a module that does not push its
+    // progress is polled every 250 ms: this short reply may come in one).
+    assert!(lines.len() >= 2, "{text}");
+    let joined: String = lines
+        .iter()
+        .map(|l| l["message"]["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(joined, "Echo this back");
+    let last = lines.last().unwrap();
+    assert_eq!(
+        (&last["done"], &last["done_reason"]),
+        (&json!(true), &json!("stop")),
+        "{last}"
+    );
+}

@@ -5,8 +5,11 @@ model answers with random text).
 It speaks LlamaChat's protocol (route text/chat, command "prompt", a long
 process whose command_status carries the reply so far) and replies with the
 prompt itself, streamed a few characters at a time, so a test can make the
-reply contain markup.
+reply contain markup. Its route declares "Implements": "chat" (modhost's
+OpenAI and Ollama APIs): given `messages`, it replies with the last user
+message.
 """
+import json
 import threading
 import time
 
@@ -26,6 +29,11 @@ class ScriptedChat(ModuleRunner):
 
     def long_reply(self, data: RequestData) -> JSON:
         text = data.get_value("prompt", "")
+        messages = data.get_value("messages", "")
+        if messages:
+            # modhost's chat contract (docs/protocol.md §4.7): the reply is
+            # the last user message.
+            text = [m["content"] for m in json.loads(messages) if m["role"] == "user"][-1]
         self.reply = ""
         self.stop.clear()
         for i in range(0, len(text), 4):
