@@ -100,6 +100,18 @@ def main() -> None:
     check("completions: streamed text is the same", streamed == completion.choices[0].text,
           (streamed, completion.choices[0].text))
 
+    # ---- embeddings ------------------------------------------------------
+    emb = client.embeddings.create(model=model, input=["hello world", "planets", "hello world"])
+    vectors = [d.embedding for d in emb.data]
+    check("embeddings: one vector per input", len(vectors) == 3 and len(vectors[0]) > 8, len(vectors))
+    check("embeddings: unit length", abs(sum(x * x for x in vectors[1]) - 1.0) < 1e-3)
+    check("embeddings: the same text, the same vector",
+          max(abs(a - b) for a, b in zip(vectors[0], vectors[2])) < 1e-5)
+    check("embeddings: another text, another vector", vectors[0] != vectors[1])
+    check("embeddings: usage", emb.usage.prompt_tokens > 3, emb.usage)
+    single = client.embeddings.create(model=model, input="planets").data[0].embedding
+    check("embeddings: a lone string", max(abs(a - b) for a, b in zip(single, vectors[1])) < 1e-5)
+
     # ---- errors ----------------------------------------------------------
     try:
         client.chat.completions.create(model=model, messages=hello, n=2)
@@ -155,6 +167,9 @@ def main() -> None:
         stream=True))
     check("ollama generate raw goes through the completion route", raw == completion.choices[0].text,
           (raw, completion.choices[0].text))
+    embedded = oll.embed(model=model, input=["planets"])
+    check("ollama embed", len(embedded.embeddings) == 1
+          and max(abs(a - b) for a, b in zip(embedded.embeddings[0], vectors[1])) < 1e-5)
     version = httpx.get(f"{base}/api/version", timeout=10).json()
     check("ollama version", version["version"], version)
     try:

@@ -493,6 +493,27 @@ pub trait Generator: Send + Sync {
     fn inference_device(&self) -> String {
         "CPU".to_owned()
     }
+
+    /// Unit-length pooled embeddings of `texts`, one per text, and the
+    /// number of tokens read ([`crate::embed`]).
+    ///
+    /// # Errors
+    /// [`ChatError::InvalidRequest`] for a text that cannot be embedded;
+    /// [`ChatError::Engine`] when this generator has no embeddings or
+    /// llama.cpp fails.
+    fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, u32), ChatError> {
+        let _ = texts;
+        Err(ChatError::Engine(
+            "this generator makes no embeddings".into(),
+        ))
+    }
+}
+
+/// Runs `create` (a llama.cpp context creation) under the lock that keeps
+/// two from running at once.
+pub(crate) fn with_new_context_lock<T>(create: impl FnOnce() -> T) -> T {
+    let _guard = NEW_CONTEXT.lock();
+    create()
 }
 
 /// Settings of [`LlamaEngine`].
@@ -856,6 +877,10 @@ impl Generator for LlamaEngine {
     fn inference_device(&self) -> String {
         if self.on_gpu { "GPU" } else { "CPU" }.to_owned()
     }
+
+    fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, u32), ChatError> {
+        crate::embed::embed(&self.model, texts, self.n_ctx, self.config.threads)
+    }
 }
 
 fn random_seed() -> u32 {
@@ -921,8 +946,7 @@ fn new_context(model: &LlamaModel, spec: ContextSpec) -> Result<LlamaContext<'_>
         .with_n_ubatch(spec.n_batch)
         .with_n_threads(spec.threads)
         .with_n_threads_batch(spec.threads);
-    let _guard = NEW_CONTEXT.lock();
-    model.new_context(backend(), params).map_err(|e| {
+    with_new_context_lock(|| model.new_context(backend(), params)).map_err(|e| {
         ChatError::Engine(format!(
             "cannot create a context of {} tokens: {e}",
             spec.n_ctx

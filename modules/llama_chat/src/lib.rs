@@ -7,6 +7,7 @@
 //! - [`engine`]: the [`engine::Generator`] trait and [`engine::LlamaEngine`], which
 //!   loads a model once and streams replies from one generation thread that
 //!   keeps its llama.cpp context between chats.
+//! - [`embed`]: pooled embeddings from the loaded model (route `text/embed`).
 //! - [`template`]: chat templates (llama.cpp built-ins, minijinja, ChatML fallback).
 //! - [`text`]: stateful UTF-8 decoding of token pieces and stop strings.
 //! - [`gguf`]: a small GGUF writer and the random-weight demo model used by tests,
@@ -16,6 +17,7 @@
 //! - [`module`] (and `main.rs`): the CodeProject-style module on `modhost-sdk`: input
 //!   validation and streaming into the command status.
 
+pub mod embed;
 pub mod engine;
 pub mod gguf;
 pub mod model;

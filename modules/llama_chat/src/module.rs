@@ -39,6 +39,10 @@ pub const CHAT_COMMAND: &str = "prompt";
 /// without the chat template.
 pub const COMPLETE_COMMAND: &str = "complete";
 
+/// The command of route `text/embed`: `input`, a JSON array of texts, to
+/// unit-length pooled embeddings.
+pub const EMBED_COMMAND: &str = "embed";
+
 /// The chat that is running: what `cancel_command` needs while the long
 /// process owns the [`Generation`]. The reply so far and the token count
 /// live in the SDK's [`CommandHandle`], which serves `get_command_status`
@@ -127,6 +131,37 @@ impl LlamaChat {
             }
             result
         })))
+    }
+}
+
+impl LlamaChat {
+    /// `{"embeddings": [[f32]], "prompt_tokens", "model"}` for the texts of
+    /// `input` (a JSON array of strings, or one string).
+    fn embed(&self, request: &RequestData) -> Result<Outcome, ModuleError> {
+        let input = request.string("input")?;
+        let texts: Vec<String> = match serde_json::from_str::<Value>(&input) {
+            Ok(Value::Array(items)) if !items.is_empty() => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    v.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| ModuleError::new(format!("input[{i}] is not a string")))
+                })
+                .collect::<Result<_, _>>()?,
+            Ok(Value::Array(_)) => return Err(ModuleError::new("value 'input' is an empty array")),
+            _ => vec![input],
+        };
+        let generator = self.generator()?;
+        let (vectors, tokens) = generator
+            .embed(&texts)
+            .map_err(|e| ModuleError::new(e.to_string()))?;
+        Ok(Outcome::Done(json_object(json!({
+            "success": true,
+            "embeddings": vectors,
+            "prompt_tokens": tokens,
+            "model": generator.model_name(),
+        }))))
     }
 }
 
@@ -371,9 +406,10 @@ impl ModuleRunner for LlamaChat {
     fn process(&self, request: &RequestData) -> Result<Outcome, ModuleError> {
         match request.command() {
             CHAT_COMMAND | COMPLETE_COMMAND => self.chat(request),
+            EMBED_COMMAND => self.embed(request),
             other => Err(ModuleError::new(format!(
                 "unknown command '{other}': LlamaChat handles '{CHAT_COMMAND}' (route text/chat) \
-                 and '{COMPLETE_COMMAND}' (route text/complete)"
+                 '{COMPLETE_COMMAND}' (route text/complete) and '{EMBED_COMMAND}' (route text/embed)"
             ))),
         }
     }
