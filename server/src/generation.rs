@@ -71,13 +71,18 @@ pub fn model_name(module: &Module) -> String {
 }
 
 /// Every route of a module that accepts commands and implements an API, in
-/// module order.
+/// module order: the models clients can use now.
 pub fn served(state: &AppState) -> Vec<Served> {
+    routes(state, true)
+}
+
+/// Every route that implements an API, of running modules only or of all.
+fn routes(state: &AppState, running_only: bool) -> Vec<Served> {
     state
         .registry
         .modules()
         .iter()
-        .filter(|m| m.state().status.accepts_commands())
+        .filter(|m| !running_only || m.state().status.accepts_commands())
         .flat_map(|module| {
             let model = model_name(module);
             module
@@ -99,7 +104,9 @@ pub fn served(state: &AppState) -> Vec<Served> {
 }
 
 /// The route serving `api` for `model` (its name or its module's id, any
-/// letter case); without a model, the first one.
+/// letter case); without a model, the first one. Running modules come
+/// first; a module that is not running is found too, so that the command
+/// fails with `module_not_running` (503) rather than an unknown model.
 ///
 /// # Errors
 /// [`ModelError`] when none serves it.
@@ -108,7 +115,11 @@ pub fn resolve(
     api: GenerationApi,
     model: Option<&str>,
 ) -> Result<Served, ModelError> {
-    let candidates: Vec<Served> = served(state).into_iter().filter(|s| s.api == api).collect();
+    let mut candidates: Vec<Served> = routes(state, false)
+        .into_iter()
+        .filter(|s| s.api == api)
+        .collect();
+    candidates.sort_by_key(|s| !s.module.state().status.accepts_commands());
     let model = model.map(str::trim).filter(|m| !m.is_empty());
     let found = match model {
         None => candidates.into_iter().next(),

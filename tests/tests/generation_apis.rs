@@ -117,6 +117,37 @@ async fn bad_requests_get_each_apis_error_shape() {
         json!({"models": []})
     );
 
+    // A module that serves chat but is not running: 503 with Retry-After.
+    let root = Server::root().unwrap();
+    let dir = root.path().join("modules/Idle");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("modulesettings.json"),
+        r#"{ "Modules": { "Idle": { "Name": "Idle", "Version": "1.0.0",
+            "LaunchSettings": { "Command": "sleep 600", "Runtime": "execute", "AutoStart": false },
+            "RouteMaps": [ { "Route": "idle/chat", "Command": "chat", "Implements": "chat" } ] } } }"#,
+    )
+    .unwrap();
+    let idle = InProcess::start(root, &[]).unwrap();
+    let chat = json!({"model": "Idle", "messages": [{"role": "user", "content": "hi"}]});
+    for path in ["/v1/chat/completions", "/api/chat"] {
+        let response = idle
+            .http
+            .post(idle.url(path))
+            .json(&chat)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503, "{path}");
+        assert!(response.headers().contains_key("retry-after"), "{path}");
+        let body: Value = response.json().await.unwrap();
+        let message = body["error"]["message"]
+            .as_str()
+            .or(body["error"].as_str())
+            .unwrap();
+        assert!(message.contains("not running"), "{path}: {body}");
+    }
+
     // With an API key: 401 in each API's shape (to a client without it;
     // the InProcess client sends the key).
     let anonymous = reqwest::Client::new();
