@@ -217,7 +217,7 @@ async fn main() -> Result<()> {
         "Here is a long question about the planets of the solar system, asked twice. ".repeat(9);
     let body = |anchor: bool| {
         let mut body = json!({
-            "model": "bench", "max_tokens": max_tokens, "temperature": 0, "seed": 1, "stream": true,
+            "max_tokens": max_tokens, "temperature": 0, "seed": 1, "stream": true,
             "messages": [{"role": "user", "content": prompt}],
         });
         if anchor {
