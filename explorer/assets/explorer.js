@@ -3,9 +3,8 @@
  * explorer UI script, injected into the explorer page or run in its own
  * explore.html, calls these as page globals. Plain ES2020, no build step,
  * classic script; load it after server.js. Loading it twice keeps the first
- * copy, and a name the page already defined is left alone. Without server.js
- * it still works: it brings plain versions of apiServiceUrl,
- * serviceTimeoutSec, showError, showCommunication and showLogOutput.
+ * copy, and a name the page already defined is left alone. A page that
+ * loads it without server.js gets server.js loaded beside it.
  *
  * Written from the behaviour module UIs expect (docs/protocol.md §2.6), not
  * from CodeProject's code. Module and server strings are escaped wherever
@@ -77,7 +76,7 @@
  *   setModelList(selectId, list)       the <select> gets exactly the options
  *     of list ([{name, value}] or strings): missing ones added, others removed.
  *   delay(ms) -> Promise               resolves after ms milliseconds.
- *   showLogOutput(text, variant)       defined by server.js; here if missing.
+ *   showLogOutput(text, variant)       defined by server.js.
  *
  * Differences from CodeProject: the two callback-style arguments work again
  * (CodeProject 2.6+ ignores them); showCommunication(false) also runs after
@@ -113,48 +112,23 @@
     if (area) area.hidden = false;
   }
 
-  function logOutput(text, variant = 'info') {
-    const message = text === null || text === undefined ? '' : String(text);
-    const serious = variant === 'error' || variant === 'warn' || variant === 'warning';
-    if (message) {
-      if (variant === 'error') console.error(`ERROR: ${message}`);
-      else if (serious) console.warn(`WARN: ${message}`);
-      else console.log(message);
-    }
-    let node = $('status');
-    if (!node && message && serious && document.body) {
-      node = document.createElement('div');
-      node.id = 'status';
-      node.setAttribute('role', 'status');
-      ($('shared-output') || document.querySelector('[data-shared-output]') || document.body).append(node);
-    }
-    if (!node) return;
-    node.replaceChildren();
-    if (!message) {
-      delete node.dataset.variant;
-      return;
-    }
-    const span = document.createElement('span');
-    span.className = `text-${variant || 'info'}`;
-    span.textContent = message;
-    node.append(span);
-    node.dataset.variant = variant || 'info';
-    reveal(node);
-  }
-
+  // server.js holds showError, showLogOutput and the rest: a page that
+  // loads this file alone (as older CodeProject module pages do) gets it
+  // loaded beside. Until it arrives, the address and timeout have plain
+  // values, and messages go to the console.
   define('apiServiceUrl', scriptOrigin || (/^https?:$/.test(location.protocol) ? location.origin : 'http://localhost:32168'));
   define('serviceTimeoutSec', 30);
-  define('showLogOutput', logOutput);
-  define('showError', (status, error) => { if (error) window.showLogOutput(error, 'error'); });
-  define('showCommunication', active => {
-    const node = $('communication');
-    if (node) node.classList.toggle('active', Boolean(active));
-  });
+  if (typeof window.showLogOutput !== 'function' && document.head) {
+    const server = document.createElement('script');
+    server.src = `${scriptOrigin}/assets/server.js`;
+    document.head.append(server);
+  }
 
   // Calls a page helper that may have been replaced or removed, never throwing.
   const page = (name, ...args) => {
     try {
       if (typeof window[name] === 'function') return window[name](...args);
+      if (name === 'showError') console.error(...args.filter(Boolean));
     } catch (err) {
       console.error(`${name} failed`, err);
     }

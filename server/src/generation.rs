@@ -187,6 +187,21 @@ pub fn values(content: &[(&str, String)], sampling: &Sampling) -> RequestValues 
     values
 }
 
+/// The `input` value of an embedding route (a JSON array of texts) from a
+/// request's `input`: a string, or a non-empty array of strings.
+///
+/// # Errors
+/// The message to answer with when `input` is neither.
+pub fn embedding_input(input: Option<Value>) -> Result<String, &'static str> {
+    match input {
+        Some(Value::String(text)) => Ok(Value::from(vec![text]).to_string()),
+        Some(Value::Array(items)) if !items.is_empty() && items.iter().all(Value::is_string) => {
+            Ok(Value::Array(items).to_string())
+        }
+        _ => Err("input is required: a string or a non-empty array of strings"),
+    }
+}
+
 /// A generation under way.
 pub enum Started {
     /// The module answered at once (a plain command): its whole result.

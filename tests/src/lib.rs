@@ -169,6 +169,21 @@ impl ModuleDir {
     }
 }
 
+/// Writes `dir/run.sh`, a module program that writes the environment the
+/// server gave it to `dir/env.txt` (whole, by rename) and sleeps; returns
+/// the path of `env.txt`. A manifest launches it with `"FilePath": "run.sh",
+/// "Runtime": "execute"`.
+pub fn write_env_recorder(dir: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join("run.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nenv > env.partial && mv env.partial env.txt\nexec sleep 600\n",
+    )?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    Ok(dir.join("env.txt"))
+}
+
 /// Writes the random-weight demo model `preset` (`tiny`, `small`, `bench`)
 /// to `path` with `llama_chat demo-model`; returns `path`.
 pub fn write_demo_model(preset: &str, path: &Path) -> Result<PathBuf> {

@@ -451,12 +451,10 @@ async fn the_dashboard_lists_a_running_chat_and_cancels_it() {
     }
 }
 
-/// A reply carrying markup, from a LlamaChat stand-in on the official Python
-/// SDK that answers with the prompt (`tests/modules/scripted_chat`) behind
-/// the real explore.html.
-#[tokio::test]
-async fn markup_in_a_reply_is_shown_as_text_and_never_runs() {
-    let _turn = TURN.lock().await;
+/// modhost with a LlamaChat stand-in on the official Python SDK that answers
+/// with the prompt (`tests/modules/scripted_chat`) behind the real
+/// explore.html, started.
+async fn scripted_chat_server() -> Server {
     let root = Server::root().unwrap();
     let module = ModuleDir::python_module(
         &root.path().join("modules"),
@@ -474,6 +472,16 @@ async fn markup_in_a_reply_is_shown_as_text_and_never_runs() {
         .wait_for_status("LlamaChat", "Started", Duration::from_secs(60))
         .await
         .unwrap();
+    server
+}
+
+/// A reply carrying markup, from a LlamaChat stand-in on the official Python
+/// SDK that answers with the prompt (`tests/modules/scripted_chat`) behind
+/// the real explore.html.
+#[tokio::test]
+async fn markup_in_a_reply_is_shown_as_text_and_never_runs() {
+    let _turn = TURN.lock().await;
+    let server = scripted_chat_server().await;
     let browser = Browser::start().await;
     open_chat(&browser, &server).await;
 
@@ -671,23 +679,7 @@ fn serve_page(page: String) -> String {
 #[tokio::test]
 async fn the_chat_ui_works_in_a_page_without_the_modhost_client() {
     let _turn = TURN.lock().await;
-    let root = Server::root().unwrap();
-    let module = ModuleDir::python_module(
-        &root.path().join("modules"),
-        "LlamaChat",
-        &workspace_root().join("tests/modules/scripted_chat"),
-    )
-    .unwrap();
-    std::fs::copy(
-        workspace_root().join("modules/llama_chat/explore.html"),
-        module.path.join("explore.html"),
-    )
-    .unwrap();
-    let server = Server::start(root, &[]).await.unwrap();
-    server
-        .wait_for_status("LlamaChat", "Started", Duration::from_secs(60))
-        .await
-        .unwrap();
+    let server = scripted_chat_server().await;
     let running = server.get_json("/v1/module/list/running").await.unwrap();
     let ui = &running["modules"][0]["uiElements"]["explorerUI"];
     let part = |name: &str| ui[name].as_str().unwrap().replace("_MID_", "LlamaChat_");

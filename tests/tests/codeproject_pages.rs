@@ -27,15 +27,7 @@ fn menu_module(modules: &Path) -> PathBuf {
     let dir = modules.join("Menu");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("modulesettings.json"), MENU_MODULE).unwrap();
-    let script = dir.join("run.sh");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\nenv > env.partial && mv env.partial env.txt\nexec sleep 600\n",
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir.join("env.txt")
+    modhost_tests::write_env_recorder(&dir).unwrap()
 }
 
 /// Waits for the module to write `env.txt` and returns its variables; the

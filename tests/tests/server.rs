@@ -682,18 +682,8 @@ async fn a_module_gets_its_environment_and_a_quit_command_when_stopped() {
         } } }"#,
     )
     .unwrap();
-    let script = dir.join("run.sh");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\nenv > env.partial && mv env.partial env.txt\nexec sleep 600\n",
-    )
-    .unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let env_file = modhost_tests::write_env_recorder(&dir).unwrap();
     let server = Server::start(root, &[]).await.unwrap();
-    let env_file = dir.join("env.txt");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !env_file.exists() {
         assert!(Instant::now() < deadline, "the module never ran");

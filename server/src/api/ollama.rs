@@ -363,26 +363,10 @@ async fn embed(
         input: Option<Value>,
     }
     let request: EmbedRequest = parse(&body)?;
-    let input: Vec<String> = match request.input {
-        Some(Value::String(s)) => vec![s],
-        Some(Value::Array(items)) if !items.is_empty() && items.iter().all(Value::is_string) => {
-            items
-                .iter()
-                .map(|v| v.as_str().unwrap_or_default().to_owned())
-                .collect()
-        }
-        _ => {
-            return Err(OllamaError::bad(
-                "input is required: a string or a non-empty array of strings",
-            ))
-        }
-    };
+    let input = generation::embedding_input(request.input).map_err(OllamaError::bad)?;
     let begun = std::time::Instant::now();
     let served = generation::resolve(&state, GenerationApi::Embedding, request.model.as_deref())?;
-    let values = generation::values(
-        &[("input", Value::from(input).to_string())],
-        &Sampling::default(),
-    );
+    let values = generation::values(&[("input", input)], &Sampling::default());
     let outcome =
         generation::finish(generation::start(&state, &req, &served, values).await?).await?;
     Ok(HttpResponse::Ok().json(json!({

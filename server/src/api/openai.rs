@@ -448,26 +448,10 @@ async fn embeddings(
         input: Option<Value>,
     }
     let request: EmbeddingRequest = parse(&body)?;
-    let input: Vec<String> = match request.input {
-        Some(Value::String(s)) => vec![s],
-        Some(Value::Array(items)) if !items.is_empty() && items.iter().all(Value::is_string) => {
-            items
-                .iter()
-                .map(|v| v.as_str().unwrap_or_default().to_owned())
-                .collect()
-        }
-        _ => {
-            return Err(OpenAiError::invalid(
-                "input is required: a string or a non-empty array of strings",
-                Some("input"),
-            ))
-        }
-    };
+    let input = generation::embedding_input(request.input)
+        .map_err(|why| OpenAiError::invalid(why, Some("input")))?;
     let served = generation::resolve(&state, GenerationApi::Embedding, request.model.as_deref())?;
-    let values = generation::values(
-        &[("input", Value::from(input).to_string())],
-        &Sampling::default(),
-    );
+    let values = generation::values(&[("input", input)], &Sampling::default());
     let started = generation::start(&state, &req, &served, values).await?;
     let outcome = generation::finish(started).await?;
     let data: Vec<Value> = outcome
