@@ -90,6 +90,42 @@ async fn bad_requests_get_each_apis_error_shape() {
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    // What modhost does not do yet is refused, naming the field, not ignored.
+    let hi = json!([{"role": "user", "content": "hi"}]);
+    for (field, value, param) in [
+        (
+            "tools",
+            json!([{"type": "function", "function": {"name": "f"}}]),
+            "tools",
+        ),
+        (
+            "response_format",
+            json!({"type": "json_object"}),
+            "response_format",
+        ),
+        ("logprobs", json!(true), "logprobs"),
+        ("n", json!(3), "n"),
+    ] {
+        let mut body = json!({"messages": hi});
+        body[field] = value;
+        let (status, body) = post("/v1/chat/completions", body).await;
+        assert_eq!(
+            (status, &body["error"]["param"]),
+            (400, &json!(param)),
+            "{body}"
+        );
+    }
+    for (field, value, needle) in [
+        ("format", json!("json"), "format"),
+        ("images", json!(["aGk="]), "images"),
+        ("tools", json!([{"type": "function"}]), "tool calling"),
+    ] {
+        let mut body = json!({"model": "m", "messages": hi});
+        body[field] = value;
+        let (status, body) = post("/api/chat", body).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body["error"].as_str().unwrap().contains(needle), "{body}");
+    }
     let models = server.get_json("/v1/models").await.unwrap();
     assert_eq!(models, json!({"object": "list", "data": []}));
 

@@ -166,6 +166,49 @@ struct GenerateRequest {
     stream: Option<bool>,
     #[serde(default)]
     options: Options,
+    // Refused rather than ignored, until modhost does them.
+    format: Option<Value>,
+    images: Option<Vec<Value>>,
+    tools: Option<Vec<Value>>,
+}
+
+impl GenerateRequest {
+    /// # Errors
+    /// 400 naming a field modhost does not do yet (`format`, `images`,
+    /// `tools`, and images inside messages).
+    fn check_supported(&self) -> Result<(), OllamaError> {
+        if self
+            .format
+            .as_ref()
+            .is_some_and(|f| !f.is_null() && f.as_str() != Some(""))
+        {
+            return Err(OllamaError::bad(
+                "format (structured output) is not supported yet: send the request without it",
+            ));
+        }
+        let images_in_messages = self
+            .messages
+            .as_ref()
+            .and_then(Value::as_array)
+            .is_some_and(|m| {
+                m.iter().any(|m| {
+                    m.get("images")
+                        .and_then(Value::as_array)
+                        .is_some_and(|i| !i.is_empty())
+                })
+            });
+        if self.images.as_ref().is_some_and(|i| !i.is_empty()) || images_in_messages {
+            return Err(OllamaError::bad(
+                "images are not supported: modhost's chat models read text",
+            ));
+        }
+        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Err(OllamaError::bad(
+                "tool calling is not supported yet: send the request without tools",
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, OllamaError> {
@@ -191,6 +234,7 @@ async fn chat(
     body: Bytes,
 ) -> Result<HttpResponse, OllamaError> {
     let request: GenerateRequest = parse(&body)?;
+    request.check_supported()?;
     let messages = match &request.messages {
         Some(Value::Array(m)) if !m.is_empty() => Value::Array(m.clone()),
         Some(Value::Array(_)) | None => {
@@ -232,6 +276,7 @@ async fn generate(
     body: Bytes,
 ) -> Result<HttpResponse, OllamaError> {
     let request: GenerateRequest = parse(&body)?;
+    request.check_supported()?;
     let api = if request.raw {
         GenerationApi::Completion
     } else {

@@ -161,6 +161,13 @@ struct GenerateRequest {
     #[serde(default)]
     stream: bool,
     stream_options: Option<StreamOptions>,
+    // Fields that change what the answer is or holds: refused rather than
+    // ignored, until modhost does them (tool calling, structured output,
+    // log probabilities).
+    tools: Option<Value>,
+    functions: Option<Value>,
+    response_format: Option<Value>,
+    logprobs: Option<Value>,
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, OpenAiError> {
@@ -174,6 +181,33 @@ fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, OpenAiError>
 
 impl GenerateRequest {
     fn sampling(&self) -> Result<Sampling, OpenAiError> {
+        let given = |v: &Option<Value>| {
+            v.as_ref().is_some_and(|v| match v {
+                Value::Null | Value::Bool(false) => false,
+                Value::Array(items) => !items.is_empty(),
+                _ => true,
+            })
+        };
+        if given(&self.tools) || given(&self.functions) {
+            return Err(OpenAiError::invalid(
+                "tool calling is not supported yet: send the request without tools",
+                Some("tools"),
+            ));
+        }
+        if given(&self.response_format)
+            && self.response_format.as_ref().and_then(|f| f.get("type")) != Some(&json!("text"))
+        {
+            return Err(OpenAiError::invalid(
+                "structured output is not supported yet: response_format may only be {\"type\": \"text\"}",
+                Some("response_format"),
+            ));
+        }
+        if given(&self.logprobs) {
+            return Err(OpenAiError::invalid(
+                "log probabilities are not supported yet: send logprobs false or leave it out",
+                Some("logprobs"),
+            ));
+        }
         if self.n.is_some_and(|n| n != 1) {
             return Err(OpenAiError::invalid(
                 format!(
@@ -223,8 +257,9 @@ async fn chat(
             ))
         }
     };
+    let sampling = request.sampling()?;
     let served = generation::resolve(&state, GenerationApi::Chat, request.model.as_deref())?;
-    let values = generation::values(&[("messages", messages.to_string())], &request.sampling()?);
+    let values = generation::values(&[("messages", messages.to_string())], &sampling);
     generate(&state, &req, &served, values, &request, Kind::Chat).await
 }
 
@@ -253,8 +288,9 @@ async fn completions(
             ))
         }
     };
+    let sampling = request.sampling()?;
     let served = generation::resolve(&state, GenerationApi::Completion, request.model.as_deref())?;
-    let values = generation::values(&[("prompt", prompt)], &request.sampling()?);
+    let values = generation::values(&[("prompt", prompt)], &sampling);
     generate(&state, &req, &served, values, &request, Kind::Completion).await
 }
 
