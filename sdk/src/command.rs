@@ -52,6 +52,9 @@ pub(crate) struct ProgressSink {
     // parking_lot: a merge or a take, never across an await.
     pending: Mutex<ProgressUpdate>,
     wake: tokio::sync::Notify,
+    /// Set once the final status has been pushed (or given up on).
+    delivered: Mutex<bool>,
+    delivered_now: parking_lot::Condvar,
 }
 
 impl ProgressSink {
@@ -63,6 +66,29 @@ impl ProgressSink {
     /// Queues the final status reply; the pusher sends it and stops.
     pub(crate) fn finish(&self, done: JsonMap) {
         self.change(|p| p.done = Some(done));
+    }
+
+    /// Records that the final status has left (pushed, or given up on).
+    pub(crate) fn mark_delivered(&self) {
+        *self.delivered.lock() = true;
+        self.delivered_now.notify_all();
+    }
+
+    /// Blocks until the final status has left or `timeout` passes; true if
+    /// it has.
+    pub(crate) fn wait_delivered(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut delivered = self.delivered.lock();
+        while !*delivered {
+            if self
+                .delivered_now
+                .wait_until(&mut delivered, deadline)
+                .timed_out()
+            {
+                break;
+            }
+        }
+        *delivered
     }
 
     /// Waits for something to push, then takes all of it.
@@ -104,6 +130,16 @@ impl CommandHandle {
             progress: Some(sink),
             ..Self::new(id)
         }
+    }
+
+    /// Blocks until the command's final status has been pushed to the
+    /// server, or `timeout` passes; true at once when nothing is pushed.
+    /// A cancel is answered only after this, so that the server has the
+    /// final status before the client hears the cancel succeeded.
+    pub(crate) fn wait_pushed(&self, timeout: Duration) -> bool {
+        self.progress
+            .as_ref()
+            .is_none_or(|sink| sink.wait_delivered(timeout))
     }
 
     /// The command id (the request id of the command that started it).
@@ -245,7 +281,7 @@ struct Inner {
 pub(crate) enum CancelOutcome {
     /// The command was running; its flag is now set. The caller calls
     /// [`ModuleRunner::cancel`](crate::ModuleRunner::cancel) and replies.
-    Cancelled(JsonMap),
+    Cancelled(JsonMap, CommandHandle),
     /// Not running (finished, unknown or missing id): reply as is.
     Reply(JsonMap),
 }
@@ -383,7 +419,7 @@ impl LongCommands {
                 finished: None,
             }) => {
                 handle.cancel();
-                CancelOutcome::Cancelled(cancel_reply::cancelled(id))
+                CancelOutcome::Cancelled(cancel_reply::cancelled(id), handle.clone())
             }
             Some(Entry {
                 finished: Some(done),
@@ -513,7 +549,7 @@ mod tests {
     fn cancelled_command_reports_its_partial_result() {
         let reg = LongCommands::default();
         let h = reg.try_start("c1").expect("starts");
-        let CancelOutcome::Cancelled(reply) = reg.cancel(Some("c1")) else {
+        let CancelOutcome::Cancelled(reply, _) = reg.cancel(Some("c1")) else {
             panic!("running command should be cancellable");
         };
         assert_eq!(

@@ -251,7 +251,7 @@ impl<R: ModuleRunner> Engine<R> {
                 })
             }),
             "cancel_command" => match self.commands.cancel(request.get("commandId")) {
-                CancelOutcome::Cancelled(reply) => {
+                CancelOutcome::Cancelled(reply, handle) => {
                     let id = request.get("commandId").unwrap_or_default();
                     info!(command_id = id, "long command cancelled");
                     if let Err(e) = guarded(|| self.runner.cancel(id)) {
@@ -264,6 +264,13 @@ impl<R: ModuleRunner> Engine<R> {
                         warn!(
                             command_id = id,
                             "long command still running {CANCEL_WAIT:?} after cancel"
+                        );
+                    } else if !handle.wait_pushed(CANCEL_WAIT) {
+                        // The server answers status from what was pushed:
+                        // it has the final status before the cancel reply.
+                        warn!(
+                            command_id = id,
+                            "final status still unsent {CANCEL_WAIT:?} after cancel"
                         );
                     }
                     reply
@@ -578,6 +585,7 @@ async fn push_progress(client: ServerClient, command_id: String, sink: Arc<Progr
             debug!(command_id, "cannot push progress: {e}");
         }
         if last {
+            sink.mark_delivered();
             return;
         }
     }

@@ -202,6 +202,28 @@ pub fn embedding_input(input: Option<Value>) -> Result<String, &'static str> {
     }
 }
 
+/// The HTTP status both generation APIs answer a command failure with, and
+/// its `Retry-After` in seconds where a retry may succeed: 400 for the
+/// module's refusal of the request, 429 for a full queue, 503 for a module
+/// that is not running or failed, 504 for a timeout, else 500.
+pub fn failure_status(kind: FailureKind) -> (actix_web::http::StatusCode, Option<u32>) {
+    use actix_web::http::StatusCode;
+    let status = match kind {
+        FailureKind::CommandFailed => StatusCode::BAD_REQUEST,
+        FailureKind::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+        FailureKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        FailureKind::ModuleNotRunning
+        | FailureKind::ModuleCrashed
+        | FailureKind::ModuleStopped
+        | FailureKind::ModuleUnresponsive => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let retry = kind
+        .retry_after_secs()
+        .or((status == StatusCode::SERVICE_UNAVAILABLE).then_some(5));
+    (status, retry)
+}
+
 /// A generation under way.
 pub enum Started {
     /// The module answered at once (a plain command): its whole result.

@@ -108,6 +108,10 @@ pub struct Module {
     pub queue: String,
     /// The explorer UI cut from `explore.html`, if the module has one.
     pub explorer_ui: Option<serde_json::Value>,
+    /// Its `UIElements.Menus` in camelCase (`[{"label", "options": [{"label",
+    /// "setting", "value"}]}]`), `[]` when it declares none; read once here
+    /// for the status list the dashboard polls.
+    pub menus: serde_json::Value,
     // parking_lot: short, non-async critical sections only.
     state: Mutex<ModuleState>,
 }
@@ -118,10 +122,15 @@ impl Module {
         let queue = manifest.settings.queue_name(&manifest.id);
         let wanted = manifest.settings.launch_settings.auto_start;
         let explorer_ui = crate::explorer_ui::load(&manifest.dir);
+        let menus = match manifest.settings.to_camel_case_json()["uiElements"].get("menus") {
+            Some(menus @ serde_json::Value::Array(_)) => menus.clone(),
+            _ => serde_json::json!([]),
+        };
         Module {
             manifest,
             queue,
             explorer_ui,
+            menus,
             state: Mutex::new(ModuleState {
                 status: initial,
                 started: None,

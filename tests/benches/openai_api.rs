@@ -25,10 +25,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use common::{bench_model, build_release_binaries, machine, median, num_cpus};
+use common::{bench_model, build_release_binaries, llama_chat_server, machine, median, num_cpus};
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
-use modhost_tests::{workspace_root, ModuleDir, Server};
+use modhost_tests::workspace_root;
 use serde_json::{json, Value};
 
 /// One streamed reply: time to the first token, decode tokens/s after it.
@@ -198,20 +198,12 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let root = Server::root()?;
-    let link = root.path().join(model.file_name().context("file name")?);
-    std::os::unix::fs::symlink(&model, &link)?;
-    let module =
-        ModuleDir::llama_chat_with_model(&root.path().join("modules"), &link, threads as u32)?;
-    module.set_env("CPAI_MODULE_LLAMA_CONTEXT_SIZE", "2048")?;
-    let server = Server::start(
-        root,
-        &["--no-install", "--log-dir", "/tmp/modhost-bench-logs"],
+    let server = llama_chat_server(
+        &model,
+        threads as u32,
+        &[("CPAI_MODULE_LLAMA_CONTEXT_SIZE", "2048")],
     )
     .await?;
-    server
-        .wait_for_status("LlamaChat", "Started", Duration::from_secs(300))
-        .await?;
 
     let prompt =
         "Here is a long question about the planets of the solar system, asked twice. ".repeat(9);

@@ -28,7 +28,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use common::{bench_model, build_release_binaries, machine, ms, num_cpus, percentile};
+use common::{
+    bench_model, build_release_binaries, llama_chat_server, machine, ms, num_cpus, percentile,
+};
 use futures_util::StreamExt;
 use modhost_tests::{ModuleDir, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -332,18 +334,7 @@ async fn poll_status(
 
 async fn chat_streaming(quick: bool) -> Result<()> {
     let path = bench_model("bench")?;
-    let root = Server::root()?;
-    let link = root.path().join(path.file_name().context("file name")?);
-    std::os::unix::fs::symlink(&path, &link)?;
-    ModuleDir::llama_chat_with_model(&root.path().join("modules"), &link, 1)?;
-    let server = Server::start(
-        root,
-        &["--no-install", "--log-dir", "/tmp/modhost-bench-logs"],
-    )
-    .await?;
-    server
-        .wait_for_status("LlamaChat", "Started", Duration::from_secs(300))
-        .await?;
+    let server = llama_chat_server(&path, 1, &[]).await?;
 
     println!("\n## While LlamaChat generates (bench model, llama.cpp on 1 thread)");
     let (_, started) = server

@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use common::{
-    bench_model, build_release_binaries, machine, median, ms, num_cpus, percentile, rss_mib,
+    bench_model, build_release_binaries, llama_chat_server, machine, median, ms, num_cpus,
+    percentile, rss_mib,
 };
 use llama_chat::engine::{backend, EngineConfig, LlamaEngine};
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -505,18 +506,7 @@ async fn chat_throughput(preset: &str, options: &Options) -> Result<()> {
             },
         )
     })?;
-    let root = Server::root()?;
-    let link = root.path().join(path.file_name().context("file name")?);
-    std::os::unix::fs::symlink(&path, &link)?;
-    ModuleDir::llama_chat_with_model(&root.path().join("modules"), &link, threads)?;
-    let server = Server::start(
-        root,
-        &["--no-install", "--log-dir", "/tmp/modhost-bench-logs"],
-    )
-    .await?;
-    server
-        .wait_for_status("LlamaChat", "Started", Duration::from_secs(300))
-        .await?;
+    let server = llama_chat_server(&path, threads, &[]).await?;
 
     let hop_ms = ms(idle_round_trip(&server, 200).await?);
     // Alternate the three so that all see the same machine conditions.

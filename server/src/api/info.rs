@@ -186,22 +186,11 @@ fn status_entry(module: &Module, queued: usize, running_jobs: Vec<Value>) -> Val
         "nextStart": rfc3339(s.next_start),
         "runningJobs": running_jobs,
         "downloadableModels": [],
-        "menus": menus(module),
+        "menus": module.menus,
         "installSummary": "",
         "startupSummary": startup_summary(&s),
         "summary": format!("{} {} ({:?})", module.name(), settings.version, s.status),
     })
-}
-
-/// The module's `UIElements.Menus` in camelCase
-/// (`[{"label", "options": [{"label", "setting", "value"}]}]`); `[]` when it
-/// declares none.
-fn menus(module: &Module) -> Value {
-    let ui = module.manifest.settings.to_camel_case_json();
-    match ui.get("uiElements").and_then(|u| u.get("menus")) {
-        Some(menus @ Value::Array(_)) => menus.clone(),
-        _ => json!([]),
-    }
 }
 
 /// One line on how the module's last start went, as CodeProject's dashboard

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
-use modhost_protocol::{Failure, FailureKind};
+use modhost_protocol::Failure;
 use modulesettings::GenerationApi;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -109,23 +109,11 @@ impl From<ModelError> for OllamaError {
 
 impl From<Failure> for OllamaError {
     fn from(failure: Failure) -> OllamaError {
-        let status = match failure.kind {
-            FailureKind::CommandFailed => StatusCode::BAD_REQUEST,
-            FailureKind::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
-            FailureKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            FailureKind::ModuleNotRunning
-            | FailureKind::ModuleCrashed
-            | FailureKind::ModuleStopped
-            | FailureKind::ModuleUnresponsive => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
+        let (status, retry_after) = generation::failure_status(failure.kind);
         OllamaError {
             status,
             message: failure.message,
-            retry_after: failure
-                .kind
-                .retry_after_secs()
-                .or((status == StatusCode::SERVICE_UNAVAILABLE).then_some(5)),
+            retry_after,
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
-use modhost_protocol::{Failure, FailureKind};
+use modhost_protocol::Failure;
 use modulesettings::GenerationApi;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -99,16 +99,12 @@ impl From<ModelError> for OpenAiError {
 
 impl From<Failure> for OpenAiError {
     fn from(failure: Failure) -> OpenAiError {
-        let (status, kind) = match failure.kind {
-            // The module refused the request's values.
-            FailureKind::CommandFailed => (StatusCode::BAD_REQUEST, "invalid_request_error"),
-            FailureKind::QueueFull => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
-            FailureKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-            FailureKind::ModuleNotRunning
-            | FailureKind::ModuleCrashed
-            | FailureKind::ModuleStopped
-            | FailureKind::ModuleUnresponsive => (StatusCode::SERVICE_UNAVAILABLE, "server_error"),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+        let (status, retry_after) = generation::failure_status(failure.kind);
+        let kind = match status {
+            StatusCode::BAD_REQUEST => "invalid_request_error",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+            StatusCode::GATEWAY_TIMEOUT => "timeout",
+            _ => "server_error",
         };
         OpenAiError {
             status,
@@ -116,10 +112,7 @@ impl From<Failure> for OpenAiError {
             kind,
             param: None,
             code: Some(failure.kind.code()),
-            retry_after: failure
-                .kind
-                .retry_after_secs()
-                .or((status == StatusCode::SERVICE_UNAVAILABLE).then_some(5)),
+            retry_after,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use modhost_tests::{workspace_root, write_demo_model};
+use modhost_tests::{workspace_root, write_demo_model, ModuleDir, Server};
 
 /// `cargo build --release` of what the benchmarks launch: this file only
 /// drives them, so they are rebuilt to match the source.
@@ -111,4 +111,30 @@ pub fn raise_open_file_limit() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
+}
+
+/// modhost (the release binary) with LlamaChat on `model` (linked into a
+/// fresh root), generating with `threads` threads, its manifest's
+/// environment changed by `env`; once LlamaChat is Started.
+pub async fn llama_chat_server(
+    model: &std::path::Path,
+    threads: u32,
+    env: &[(&str, &str)],
+) -> Result<Server> {
+    let root = Server::root()?;
+    let link = root.path().join(model.file_name().context("file name")?);
+    std::os::unix::fs::symlink(model, &link)?;
+    let module = ModuleDir::llama_chat_with_model(&root.path().join("modules"), &link, threads)?;
+    for (name, value) in env {
+        module.set_env(name, value)?;
+    }
+    let server = Server::start(
+        root,
+        &["--no-install", "--log-dir", "/tmp/modhost-bench-logs"],
+    )
+    .await?;
+    server
+        .wait_for_status("LlamaChat", "Started", Duration::from_secs(300))
+        .await?;
+    Ok(server)
 }
