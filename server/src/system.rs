@@ -46,41 +46,30 @@ pub struct SystemMonitor {
 impl SystemMonitor {
     /// Starts sampling until `shutdown` is cancelled.
     pub fn start(shutdown: CancellationToken) -> Arc<SystemMonitor> {
-        let monitor = Arc::new(SystemMonitor::default());
+        let mut system = System::new();
+        let pid = sysinfo::get_current_pid().ok();
+        // A first sample at start-up (memory and CPU count; CPU use needs
+        // two samples), so that no request sees an empty one.
+        let monitor = Arc::new(SystemMonitor {
+            last: Mutex::new(sample(&mut system, pid)),
+        });
         let weak = Arc::downgrade(&monitor);
         tokio::spawn(async move {
-            let mut system = System::new();
-            let pid = sysinfo::get_current_pid().ok();
             let has_nvidia_smi = which("nvidia-smi");
             loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(SAMPLE_EVERY) => {}
+                    _ = shutdown.cancelled() => return,
+                }
                 // sysinfo reads /proc synchronously; it is quick, but keep it
                 // off the reactor all the same.
-                let (snap, returned) = tokio::task::spawn_blocking(move || {
-                    system.refresh_cpu_usage();
-                    system.refresh_memory();
-                    if let Some(pid) = pid {
-                        system.refresh_processes_specifics(
-                            ProcessesToUpdate::Some(&[pid]),
-                            true,
-                            ProcessRefreshKind::nothing().with_memory(),
-                        );
-                    }
-                    let snap = Snapshot {
-                        cpu_usage: system.global_cpu_usage(),
-                        system_mem_usage: system.used_memory(),
-                        system_mem_total: system.total_memory(),
-                        server_mem_usage: pid
-                            .and_then(|p| system.process(p))
-                            .map_or(0, |p| p.memory()),
-                        cpu_count: system.cpus().len(),
-                        ..Snapshot::default()
-                    };
+                let (mut snap, returned) = tokio::task::spawn_blocking(move || {
+                    let snap = sample(&mut system, pid);
                     (snap, system)
                 })
                 .await
                 .expect("system sampling does not panic");
                 system = returned;
-                let mut snap = snap;
                 if has_nvidia_smi {
                     read_nvidia_smi(&mut snap).await;
                 }
@@ -88,11 +77,6 @@ impl SystemMonitor {
                     return;
                 };
                 *monitor.last.lock() = snap;
-                drop(monitor);
-                tokio::select! {
-                    _ = tokio::time::sleep(SAMPLE_EVERY) => {}
-                    _ = shutdown.cancelled() => return,
-                }
             }
         });
         monitor
@@ -101,6 +85,29 @@ impl SystemMonitor {
     /// The latest sample.
     pub fn snapshot(&self) -> Snapshot {
         self.last.lock().clone()
+    }
+}
+
+/// The machine's and this process's figures now.
+fn sample(system: &mut System, pid: Option<sysinfo::Pid>) -> Snapshot {
+    system.refresh_cpu_usage();
+    system.refresh_memory();
+    if let Some(pid) = pid {
+        system.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&[pid]),
+            true,
+            ProcessRefreshKind::nothing().with_memory(),
+        );
+    }
+    Snapshot {
+        cpu_usage: system.global_cpu_usage(),
+        system_mem_usage: system.used_memory(),
+        system_mem_total: system.total_memory(),
+        server_mem_usage: pid
+            .and_then(|p| system.process(p))
+            .map_or(0, |p| p.memory()),
+        cpu_count: system.cpus().len(),
+        ..Snapshot::default()
     }
 }
 
