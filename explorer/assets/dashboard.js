@@ -92,6 +92,7 @@
       id: el('span', { class: 'module-id' }),
       status: el('span', { class: 'badge status' }),
       error: el('span', { class: 'last-error' }),
+      load: el('span', { class: 'load' }),
       version: el('td', { class: 'version' }),
       requests: el('td', { class: 'num requests' }),
       queued: el('td', { class: 'num queued' }),
@@ -107,7 +108,7 @@
     }
     const tr = el('tr', { 'data-module-id': id },
       el('td', { class: 'name' }, cells.name, cells.id),
-      el('td', {}, cells.status, cells.error),
+      el('td', {}, cells.status, cells.load, cells.error),
       cells.version, cells.requests, cells.queued, cells.lastSeen, cells.device,
       el('td', { class: 'actions' }, Object.values(buttons)));
     return { tr, cells, buttons, pending: false };
@@ -128,6 +129,7 @@
       problem = `crash ${m.crashes} in a row; next start in ${wait} s. ${problem}`;
     }
     text(cells.error, problem);
+    text(cells.load, RUNNING.has(s) ? loadText(m.statusData) : '');
     text(cells.version, m.version);
     text(cells.requests, m.requestCount);
     text(cells.queued, m.queued);
@@ -144,6 +146,17 @@
       buttons.stop.disabled = !(RUNNING.has(s) || (m.autoStart && !['Stopped', 'Stopping', 'NotAvailable'].includes(s)));
       buttons.restart.disabled = ['NotAvailable', 'Installing', 'Stopping'].includes(s);
     }
+  }
+
+  // A module with several slots for long commands (LlamaChat's chats)
+  // reports them, and LlamaChat its tokens per second, in its statusData.
+  function loadText(data) {
+    const load = data && data.longCommands;
+    if (!load || (load.slots <= 1 && !load.queued)) return '';
+    let line = `${load.busy}/${load.slots} slots busy`;
+    if (load.queued) line += `, ${load.queued} waiting`;
+    if (typeof data.tokensPerSecond === 'number') line += `, ${data.tokensPerSecond} tokens/s`;
+    return line;
   }
 
   async function act(moduleId, action) {

@@ -225,6 +225,10 @@ pub struct ProgressUpdate {
     /// reply text (e.g. `{"tokens": 12}`).
     #[serde(default, skip_serializing_if = "JsonMap::is_empty")]
     pub fields: JsonMap,
+    /// The command left the module's queue and now runs (sent once, by a
+    /// command that answered `commandStatus: queued`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub started: bool,
     /// On the last update only: the final `get_command_status` reply
     /// (`completed` or `failed`, see [`status_reply`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]

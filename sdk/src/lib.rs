@@ -18,8 +18,9 @@
 //!   built-in commands, long-process threads, status loop, shutdown.
 //! - `request.rs`: [`RequestData`], the parsed queue item, and its typed
 //!   getters.
-//! - `command.rs`: [`CommandHandle`] and the long-command registry behind
-//!   `get_command_status` / `cancel_command`.
+//! - `command.rs`: [`CommandHandle`], and the progress it pushes.
+//! - `registry.rs`: the long commands behind `get_command_status` /
+//!   `cancel_command`: slots, queue ([`LongCapacity`]) and recent results.
 //! - `reply.rs`: reply envelopes, inference counts, `statusData`.
 //! - `client.rs`: the HTTP calls to the server.
 //! - `context.rs`: [`ModuleContext`], read from the `CPAI_*` environment.
@@ -82,6 +83,7 @@ mod command;
 mod context;
 mod error;
 mod logging;
+mod registry;
 mod reply;
 mod request;
 mod runner;
@@ -90,6 +92,7 @@ pub use command::CommandHandle;
 pub use context::{ModuleContext, DEFAULT_PORT};
 pub use error::ModuleError;
 pub use logging::{init_logging, init_logging_with, log, LogSetup};
+pub use registry::LongCapacity;
 pub use request::{FileData, RequestData, ValueError};
 pub use runner::{
     run, run_with, RunOptions, CANCEL_WAIT, DRAIN_GRACE, LONG_GRACE, STATUS_INTERVAL,
@@ -113,8 +116,8 @@ pub enum Outcome {
     /// (`moduleId`, `code`, `requestId`, …) and `"success": true` unless the
     /// module set `success` itself.
     Done(Map<String, Value>),
-    /// Start a long-running command (one at a time per module); see
-    /// [`LongProcess`].
+    /// Start a long-running command (one at a time per module unless
+    /// [`ModuleRunner::long_capacity`] says more); see [`LongProcess`].
     Long(LongProcess),
 }
 
@@ -180,6 +183,16 @@ pub trait ModuleRunner: Send + Sync + 'static {
     fn command_status(&self, command_id: &str) -> Map<String, Value> {
         let _ = command_id;
         Map::new()
+    }
+
+    /// How many long commands the module runs at once and how many may wait
+    /// for a slot; asked once, after `initialise`. The default is the Python
+    /// SDK's one at a time, none waiting. The SDK checks it before a long
+    /// process runs: a command beyond the slots waits (`commandStatus:
+    /// queued`), and one beyond the queue is refused with `errorCode:
+    /// "queue_full"` (docs/protocol.md §4.8).
+    fn long_capacity(&self) -> LongCapacity {
+        LongCapacity::default()
     }
 
     /// Called after the SDK set `command_id`'s cancel flag (on

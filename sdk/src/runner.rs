@@ -23,9 +23,10 @@ use tokio::task::JoinSet;
 use tracing::{debug, error, info, info_span, warn, Instrument as _};
 
 use crate::client::{ClientError, Polled, ServerClient};
-use crate::command::{obj, CancelOutcome, CommandHandle, JsonMap, LongCommands, ProgressSink};
+use crate::command::{obj, CommandHandle, JsonMap, ProgressSink};
 use crate::context::ModuleContext;
 use crate::error::ModuleError;
+use crate::registry::{Admitted, CancelOutcome, LongCommands, Turn};
 use crate::reply::{envelope, error_body, Stats};
 use crate::request::RequestData;
 use crate::{LongProcess, ModuleRunner, Outcome};
@@ -208,10 +209,11 @@ struct Engine<R> {
 
 impl<R: ModuleRunner> Engine<R> {
     fn new(runner: R, ctx: ModuleContext) -> Self {
+        let capacity = guarded(|| runner.long_capacity()).unwrap_or_default();
         Self {
             runner,
             ctx,
-            commands: LongCommands::default(),
+            commands: LongCommands::with_capacity(capacity),
             stats: Stats::default(),
             pusher: None,
             pushes: parking_lot::Mutex::default(),
@@ -260,7 +262,7 @@ impl<R: ModuleRunner> Engine<R> {
                     // Answer once the command has stopped, so that the
                     // client's next long command is not refused as "already
                     // in progress".
-                    if !self.commands.wait_idle(CANCEL_WAIT) {
+                    if !self.commands.wait_finished(id, CANCEL_WAIT) {
                         warn!(
                             command_id = id,
                             "long command still running {CANCEL_WAIT:?} after cancel"
@@ -326,7 +328,9 @@ impl<R: ModuleRunner> Engine<R> {
     }
 
     /// Registers a long command and starts its thread, held by the returned
-    /// gate; replies "running", or refuses if one is already running.
+    /// gate; replies "running" (or "queued" when it waits for a slot), or
+    /// refuses with `errorCode: "queue_full"` when the slots and the queue
+    /// are full.
     fn start_long(
         self: &Arc<Self>,
         request: &RequestData,
@@ -350,13 +354,14 @@ impl<R: ModuleRunner> Engine<R> {
             Some((sink, ..)) => CommandHandle::pushing(&id, Arc::clone(sink)),
             None => CommandHandle::new(&id),
         };
-        let handle = match self.commands.try_start_with(handle) {
-            Ok(handle) => handle,
-            Err(running) => {
+        let admitted = match self.commands.try_start_with(handle.clone()) {
+            Ok(admitted) => admitted,
+            Err(refused) => {
                 let reply = obj(json!({
                     "success": false,
-                    "commandId": running,
-                    "error": "A long running command is already in progress",
+                    "commandId": refused.running,
+                    "error": refused.message,
+                    "errorCode": modhost_protocol::FailureKind::QueueFull.code(),
                 }));
                 self.stats.record(&reply, 0);
                 return (reply, None);
@@ -383,20 +388,45 @@ impl<R: ModuleRunner> Engine<R> {
             self.commands.finish(&id, Err(message.clone()));
             return (error_body(&message), None);
         }
-        let mut reply = obj(json!({
-            "success": true,
-            "message": "Command is running in the background",
-            "commandId": id,
-            "commandStatus": "running",
-        }));
+        let mut reply = match admitted {
+            Admitted::Running => obj(json!({
+                "success": true,
+                "message": "Command is running in the background",
+                "commandId": id,
+                "commandStatus": "running",
+            })),
+            Admitted::Queued { ahead } => obj(json!({
+                "success": true,
+                "message": "Command is waiting for a free slot",
+                "commandId": id,
+                "commandStatus": "queued",
+                "queuePosition": ahead + 1,
+            })),
+        };
         if self.pusher.is_some() {
             reply.insert(modhost_protocol::PROGRESS_PUSH_FIELD.into(), true.into());
         }
         (reply, Some(StartGate(gate)))
     }
 
-    /// Body of a long command's thread; pushes the final status to `sink`.
+    /// Body of a long command's thread: waits for a slot, runs the process,
+    /// pushes the final status to `sink`. A command cancelled while it
+    /// waited never runs.
     fn run_long(&self, handle: CommandHandle, job: LongProcess, sink: Option<Arc<ProgressSink>>) {
+        match self.commands.wait_turn(handle.id()) {
+            Turn::Ran => {}
+            Turn::AfterWaiting => {
+                if let Some(sink) = &sink {
+                    sink.started();
+                }
+            }
+            Turn::CancelledWhileQueued => {
+                drop(job);
+                debug!(command_id = handle.id(), "cancelled while queued");
+                self.push_final(&handle, sink);
+                return;
+            }
+        }
         let started = Instant::now();
         let result = match guarded(|| job(&handle)) {
             Ok(Ok(result)) => Ok(result),
@@ -422,6 +452,11 @@ impl<R: ModuleRunner> Engine<R> {
             elapsed_ms, "long command finished"
         );
         self.commands.finish(handle.id(), result);
+        self.push_final(&handle, sink);
+    }
+
+    /// Queues the final status of a finished command for pushing.
+    fn push_final(&self, handle: &CommandHandle, sink: Option<Arc<ProgressSink>>) {
         if let Some(sink) = sink {
             sink.finish(
                 self.commands
@@ -434,26 +469,32 @@ impl<R: ModuleRunner> Engine<R> {
     fn status_data(&self) -> JsonMap {
         let device = self.inference_device();
         let can_use_gpu = self.ctx.enable_gpu && !device.eq_ignore_ascii_case("CPU");
-        let module_fields = guarded(|| self.runner.status()).unwrap_or_else(|e| {
+        let mut fields = JsonMap::new();
+        let (slots, busy, queued) = self.commands.load();
+        fields.insert(
+            "longCommands".into(),
+            json!({"slots": slots, "busy": busy, "queued": queued}),
+        );
+        fields.extend(guarded(|| self.runner.status()).unwrap_or_else(|e| {
             warn!("status {e}");
             JsonMap::new()
-        });
-        self.stats.status_data(&device, can_use_gpu, module_fields)
+        }));
+        self.stats.status_data(&device, can_use_gpu, fields)
     }
 
-    /// At shutdown: cancels a running long command and waits for it.
+    /// At shutdown: cancels the running and queued long commands and waits
+    /// for them.
     fn stop_long(&self) {
-        let Some(handle) = self.commands.running() else {
-            return;
-        };
-        handle.cancel();
-        if let Err(e) = guarded(|| self.runner.cancel(handle.id())) {
-            warn!(command_id = handle.id(), "cancel hook {e}");
+        let running = self.commands.cancel_all();
+        for handle in &running {
+            if let Err(e) = guarded(|| self.runner.cancel(handle.id())) {
+                warn!(command_id = handle.id(), "cancel hook {e}");
+            }
         }
         if !self.commands.wait_idle(LONG_GRACE) {
             warn!(
-                command_id = handle.id(),
-                "long command still running {LONG_GRACE:?} after cancel; stopping anyway"
+                commands = running.len(),
+                "long commands still running {LONG_GRACE:?} after cancel; stopping anyway"
             );
         }
     }

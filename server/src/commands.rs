@@ -15,6 +15,7 @@ use modhost_protocol::{
     cancel_reply, status_reply, EnvelopeFields, Failure, FailureKind, JsonMap, KeyValue, Payload,
     QueueItem, ReplyMeta, CANCEL_COMMAND, GET_COMMAND_STATUS_COMMAND,
 };
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::jobs::{Job, JobStatus, Jobs};
@@ -96,7 +97,8 @@ impl Commands {
             command: target.command.clone(),
         };
         let ticket = self.queues.enqueue(&module.queue, item, origin)?;
-        ticket.wait(self.timeout).await
+        let reply = ticket.wait(self.timeout).await?;
+        module_refusal(&reply).map_or(Ok(reply), Err)
     }
 
     /// `get_command_status` for `command_id` in `module`: a job that has
@@ -330,4 +332,20 @@ fn ensure_running(module: &Module) -> Result<(), Failure> {
         }
     }
     Err(Failure::new(FailureKind::ModuleNotRunning, message))
+}
+
+/// A module's refusal that is a failure of the server's kinds: a reply with
+/// `success: false` and `errorCode: "queue_full"` (its long-command slots
+/// and queue are full, docs/protocol.md §4.8) is answered like the server's
+/// own full queue, so that clients get one answer for "busy, try again".
+fn module_refusal(reply: &JsonMap) -> Option<Failure> {
+    let refused = reply.get("success").and_then(Value::as_bool) == Some(false);
+    let code = reply.get("errorCode").and_then(Value::as_str)?;
+    (refused && code == FailureKind::QueueFull.code()).then(|| {
+        let message = reply
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("the module is busy");
+        Failure::new(FailureKind::QueueFull, message)
+    })
 }

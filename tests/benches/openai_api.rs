@@ -20,108 +20,13 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
+use common::anchor::{llama_server_binary, llama_server_version, LlamaServer};
+use common::openai::{stream_chat, Run};
 use common::{bench_model, build_release_binaries, llama_chat_server, machine, median, num_cpus};
-use eventsource_stream::Eventsource;
-use futures_util::StreamExt;
-use modhost_tests::workspace_root;
-use serde_json::{json, Value};
-
-/// One streamed reply: time to the first token, decode tokens/s after it.
-struct Run {
-    first_token_ms: f64,
-    decode_tps: f64,
-    tokens: usize,
-}
-
-/// Streams one chat from `base` and times its content chunks.
-async fn stream_chat(http: &reqwest::Client, base: &str, body: &Value) -> Result<Run> {
-    let started = Instant::now();
-    let response = http
-        .post(format!("{base}/v1/chat/completions"))
-        .json(body)
-        .send()
-        .await?;
-    if !response.status().is_success() {
-        bail!(
-            "{base}: HTTP {}: {}",
-            response.status(),
-            response.text().await?
-        );
-    }
-    let mut events = response.bytes_stream().eventsource();
-    let mut times = Vec::new();
-    while let Some(event) = events.next().await {
-        let event = event?;
-        if event.data == "[DONE]" {
-            break;
-        }
-        let chunk: Value = serde_json::from_str(&event.data)?;
-        let text = chunk["choices"][0]["delta"]["content"]
-            .as_str()
-            .unwrap_or("");
-        if !text.is_empty() {
-            times.push(started.elapsed());
-        }
-    }
-    let (Some(first), Some(last)) = (times.first(), times.last()) else {
-        bail!("{base}: no content streamed");
-    };
-    let span = (*last - *first).as_secs_f64();
-    Ok(Run {
-        first_token_ms: first.as_secs_f64() * 1000.0,
-        decode_tps: if span > 0.0 {
-            (times.len() - 1) as f64 / span
-        } else {
-            0.0
-        },
-        tokens: times.len(),
-    })
-}
-
-/// The llama-server binary, built when missing and the build script is at hand.
-fn llama_server() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("LLAMA_SERVER") {
-        return Ok(PathBuf::from(path));
-    }
-    let anchors = workspace_root().join("target/anchors");
-    let found = || -> Option<PathBuf> {
-        std::fs::read_dir(&anchors)
-            .ok()?
-            .filter_map(Result::ok)
-            .map(|e| e.path().join("build/bin/llama-server"))
-            .find(|p| p.is_file())
-    };
-    if let Some(path) = found() {
-        return Ok(path);
-    }
-    let script = workspace_root().join("../shared/tools/build-llama-server.sh");
-    if !script.is_file() {
-        bail!(
-            "no llama-server: set LLAMA_SERVER to its binary, or build one into target/anchors \
-             (llama.cpp's tools/server, e.g. with ../shared/tools/build-llama-server.sh)"
-        );
-    }
-    println!(
-        "(building llama-server with {}: several minutes)",
-        script.display()
-    );
-    let status = Command::new("bash").arg(&script).arg(&anchors).status()?;
-    if !status.success() {
-        bail!("{} failed", script.display());
-    }
-    found().context("the build script made no llama-server")
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
+use serde_json::json;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
@@ -139,18 +44,8 @@ async fn main() -> Result<()> {
 
     build_release_binaries()?;
     let model = bench_model(&preset)?;
-    let server_bin = llama_server()?;
-    let version = Command::new(&server_bin)
-        .arg("--version")
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_owned()
-        })
-        .unwrap_or_default();
+    let server_bin = llama_server_binary()?;
+    let version = llama_server_version(&server_bin);
     println!("# OpenAI API: modhost against llama-server");
     println!(
         "{} ({} cores), model {preset} ({} MiB), {threads} threads, {max_tokens} tokens, temperature 0",
@@ -161,47 +56,19 @@ async fn main() -> Result<()> {
     println!("llama-server: {version}; modhost's llama.cpp: llama-cpp-sys-2 0.1.161");
 
     // llama-server, one slot, the same context as LlamaChat gets.
-    let port = free_port()?;
-    let log = std::fs::File::create("/tmp/llama-server-bench.log")?;
-    let mut anchor = Command::new(&server_bin)
-        .args(["-m", &model.display().to_string()])
-        .args(["-t", &threads.to_string(), "-tb", &threads.to_string()])
-        .args([
-            "-c",
-            "2048",
-            "-np",
-            "1",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-        ])
-        .arg("--no-webui")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("starting llama-server")?;
-    let anchor_base = format!("http://127.0.0.1:{port}");
+    let anchor = LlamaServer::start(&server_bin, &model, threads, 1, 2048).await?;
+    let anchor_base = anchor.base.clone();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(600))
         .build()?;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let ready = http.get(format!("{anchor_base}/health")).send().await;
-        if ready.is_ok_and(|r| r.status().is_success()) {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = anchor.kill();
-            bail!("llama-server did not get ready (log: /tmp/llama-server-bench.log)");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 
     let server = llama_chat_server(
         &model,
         threads as u32,
-        &[("CPAI_MODULE_LLAMA_CONTEXT_SIZE", "2048")],
+        &[
+            ("CPAI_MODULE_LLAMA_CONTEXT_SIZE", "2048"),
+            ("CPAI_MODULE_LLAMA_PARALLEL", "1"),
+        ],
     )
     .await?;
 
@@ -229,8 +96,7 @@ async fn main() -> Result<()> {
             ours.push(m);
         }
     }
-    let _ = anchor.kill();
-    let _ = anchor.wait();
+    drop(anchor);
 
     let tps = |runs: &[Run]| median(runs.iter().map(|r| r.decode_tps).collect());
     let ttft = |runs: &[Run]| median(runs.iter().map(|r| r.first_token_ms).collect());

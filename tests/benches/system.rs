@@ -502,6 +502,7 @@ async fn chat_throughput(preset: &str, options: &Options) -> Result<()> {
             &path,
             EngineConfig {
                 threads,
+                parallel: 1,
                 ..EngineConfig::default()
             },
         )

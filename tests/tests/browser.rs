@@ -243,6 +243,12 @@ async fn the_dashboard_shows_llamachat_started_its_log_and_restart_brings_it_bac
         browser.text(&format!("{row} .device")).await.as_deref(),
         Some("CPU")
     );
+    // LlamaChat's slots and throughput, from its status.
+    browser
+        .wait_text(&format!("{row} .load"), Duration::from_secs(10), |t| {
+            t.starts_with("0/4 slots busy") && t.ends_with("tokens/s")
+        })
+        .await;
     // The live log tail has the module's start-up lines; filtered to LlamaChat
     // it shows nothing else.
     browser

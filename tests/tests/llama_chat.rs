@@ -45,7 +45,7 @@ async fn finish(server: &Server, id: &str) -> (Vec<String>, Value) {
     let mut seen = Vec::new();
     loop {
         let s = status(server, id).await;
-        if s["commandStatus"] != "running" {
+        if s["commandStatus"] != "running" && s["commandStatus"] != "queued" {
             return (seen, s);
         }
         seen.push(s["reply"].as_str().unwrap_or_default().to_owned());
@@ -143,6 +143,72 @@ async fn cancel_stops_the_reply_within_a_token_and_the_next_chat_starts_at_once(
     let next = start_chat(&server, &[("prompt", "Hi"), ("max_tokens", "5")]).await;
     let (_, done) = finish(&server, &next).await;
     assert_eq!(done["completion_tokens"], 5, "{done}");
+}
+
+#[tokio::test]
+async fn chats_beyond_the_slots_wait_in_order_and_beyond_the_queue_are_refused_as_queue_full() {
+    let root = Server::root().unwrap();
+    let module = ModuleDir::llama_chat(&root.path().join("modules"), "small").unwrap();
+    module.set_env("CPAI_MODULE_LLAMA_PARALLEL", "2").unwrap();
+    module.set_env("CPAI_MODULE_LLAMA_QUEUE", "1").unwrap();
+    let server = Server::start(root, &["--no-install"]).await.unwrap();
+    server
+        .wait_for_status("LlamaChat", "Started", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let long = [("prompt", "Write a long story."), ("max_tokens", "0")];
+    let first = start_chat(&server, &long).await;
+    let second = start_chat(&server, &long).await;
+
+    // Both slots are busy: the third waits, the fourth is refused.
+    let short = [("prompt", "Hi"), ("max_tokens", "7")];
+    let (_, third) = server.post_form("/v1/text/chat", &short).await.unwrap();
+    assert_eq!(third["commandStatus"], "queued", "{third}");
+    assert_eq!(third["queuePosition"], 1, "{third}");
+    let third = third["commandId"].as_str().unwrap().to_owned();
+    assert_eq!(status(&server, &third).await["commandStatus"], "queued");
+    let (code, fourth) = server.post_form("/v1/text/chat", &short).await.unwrap();
+    assert_eq!(code, 200, "CodeProject answers command failures with 200");
+    assert_eq!(fourth["success"], false, "{fourth}");
+    assert_eq!(fourth["errorCode"], "queue_full", "{fourth}");
+    assert!(
+        fourth["error"]
+            .as_str()
+            .unwrap()
+            .contains("all 2 slots are in use and 1 commands wait"),
+        "{fourth}"
+    );
+
+    // The module's status says so, within its 2-second interval.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let entry = server.module_status("LlamaChat").await.unwrap();
+        let load = &entry["statusData"]["longCommands"];
+        if *load == json!({"slots": 2, "busy": 2, "queued": 1}) {
+            assert!(entry["statusData"]["tokensPerSecond"].as_f64().is_some());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed the load: {entry}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A slot frees up: the waiting chat runs to its end.
+    let (_, cancelled) = server
+        .post_form("/v1/LlamaChat/cancel_command", &[("commandId", &first)])
+        .await
+        .unwrap();
+    assert_eq!(cancelled["success"], true, "{cancelled}");
+    let (_, done) = finish(&server, &third).await;
+    assert_eq!(done["commandStatus"], "completed", "{done}");
+    assert_eq!(done["completion_tokens"], 7, "{done}");
+    assert_eq!(status(&server, &second).await["commandStatus"], "running");
+    server
+        .post_form("/v1/LlamaChat/cancel_command", &[("commandId", &second)])
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

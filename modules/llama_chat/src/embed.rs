@@ -11,7 +11,8 @@ use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 
-use crate::engine::{backend, ChatError};
+use crate::engine::backend;
+use crate::generation::ChatError;
 
 /// Most tokens one text may have.
 pub const MAX_EMBED_TOKENS: u32 = 4096;

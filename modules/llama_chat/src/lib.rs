@@ -4,9 +4,15 @@
 //! `get_command_status`; see modules/llama_chat/README.md and docs/protocol.md §1.7).
 //!
 //! Layout:
-//! - [`engine`]: the [`engine::Generator`] trait and [`engine::LlamaEngine`], which
-//!   loads a model once and streams replies from one generation thread that
-//!   keeps its llama.cpp context between chats.
+//! - [`request`]: what a chat asks for, its defaults and ranges, read from a
+//!   command's values.
+//! - [`generation`]: the [`generation::Generator`] trait and the
+//!   [`generation::Generation`] a chat streams through.
+//! - [`engine`]: [`engine::LlamaEngine`], the model: loading, prompt format,
+//!   tokens, preparing and launching chats.
+//! - [`scheduler`]: one decode loop over one context with a sequence per
+//!   slot: continuous batching and the prompt cache.
+//! - [`sampling`]: each sequence's sampler chain and reply text.
 //! - [`embed`]: pooled embeddings from the loaded model (route `text/embed`).
 //! - [`template`]: chat templates (llama.cpp built-ins, minijinja, ChatML fallback).
 //! - [`text`]: stateful UTF-8 decoding of token pieces and stop strings.
@@ -19,9 +25,13 @@
 
 pub mod embed;
 pub mod engine;
+pub mod generation;
 pub mod gguf;
 pub mod model;
 pub mod module;
+pub mod request;
+pub mod sampling;
+pub mod scheduler;
 pub mod template;
 pub mod text;
 

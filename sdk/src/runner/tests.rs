@@ -287,7 +287,7 @@ fn cancel_command_sets_the_flag_and_calls_the_hook() {
     // The hook released the gate; the process saw the flag, and the reply
     // came once it had returned, so a next long command can start at once.
     assert!(
-        engine.commands.running().is_none(),
+        engine.commands.live().is_empty(),
         "cancel_command answered before the command stopped"
     );
     let r = reply(engine.handle(&req("get_command_status", "s").with_value("commandId", "c1")));

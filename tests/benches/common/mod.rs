@@ -3,6 +3,9 @@
 
 #![allow(dead_code)] // each benchmark binary uses its own part
 
+pub mod anchor;
+pub mod openai;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

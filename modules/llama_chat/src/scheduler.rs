@@ -1,0 +1,490 @@
+//! The batch scheduler: continuous batching over one llama.cpp context.
+//!
+//! The context has one sequence per *slot* (`n_seq_max` = slots, each with
+//! its own KV stream of the per-slot context size, as llama-server's
+//! `-np`). One thread runs one decode loop; each step puts into one
+//! `llama_batch` the next token of every generating sequence and, in the
+//! room left of `n_batch`, the next chunk of every prompt still being
+//! processed, decodes it once, and samples every sequence whose logits came
+//! out. A chat launched meanwhile joins at the next step (or waits, in order,
+//! for a free slot); a finished or cancelled one leaves at once, and a cancel
+//! touches no other sequence.
+//!
+//! Prompt cache: a slot keeps the KV of its last conversation (prompt and
+//! reply, as far as decoded). A new chat takes the free slot whose cached
+//! tokens share the longest prefix with its prompt; the KV past that prefix
+//! is removed (`llama_memory_seq_rm`) and only the rest is decoded. The next
+//! turn of a conversation thus pays for its new message only.
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+
+use crate::engine::{backend, with_new_context_lock};
+use crate::generation::{ChatError, FinishReason, GenerationSink, GeneratorLoad, PreparedChat};
+
+mod figures;
+mod sequence;
+
+use figures::Figures;
+use sequence::Sequence;
+
+/// The shape of the scheduler's context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerSpec {
+    /// Context of each slot, tokens: prompt plus reply of one chat.
+    pub n_ctx_slot: u32,
+    /// Sequences decoded together (llama.cpp's `n_seq_max`), at least 1.
+    pub slots: u32,
+    /// Most tokens per decode call (llama.cpp's `n_batch` and `n_ubatch`).
+    pub n_batch: u32,
+    /// llama.cpp threads for decoding.
+    pub threads: i32,
+}
+
+impl SchedulerSpec {
+    /// KV cache cells in all: slots × per-slot context.
+    #[must_use]
+    pub fn kv_tokens(&self) -> u32 {
+        self.n_ctx_slot.saturating_mul(self.slots)
+    }
+}
+
+/// A chat handed to the decode loop.
+pub(crate) struct Admission {
+    chat: PreparedChat,
+    sink: GenerationSink,
+}
+
+/// The decode loop's thread, seen from the engine.
+pub struct Scheduler {
+    chats: Sender<Admission>,
+    figures: Arc<Figures>,
+    slots: u32,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("slots", &self.slots)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scheduler {
+    /// Creates the context and starts the decode loop's thread; ends when
+    /// the scheduler is dropped and the last chat has finished.
+    ///
+    /// # Errors
+    /// The context could not be created (llama.cpp's message), or the thread
+    /// could not start.
+    pub fn start(model: Arc<LlamaModel>, spec: SchedulerSpec) -> Result<Self, String> {
+        let (chats, incoming) = crossbeam_channel::unbounded();
+        let (ready_tx, ready) = crossbeam_channel::bounded(1);
+        let figures = Arc::new(Figures::new());
+        let loop_figures = Arc::clone(&figures);
+        std::thread::Builder::new()
+            .name("llama-decode".into())
+            .spawn(move || {
+                let ctx = match new_context(&model, spec) {
+                    Ok(ctx) => {
+                        let _ = ready_tx.send(Ok(()));
+                        ctx
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                DecodeLoop::new(&model, ctx, spec, loop_figures).run(&incoming);
+            })
+            .map_err(|e| format!("cannot start the decode thread: {e}"))?;
+        ready
+            .recv()
+            .map_err(|_| "the decode thread ended before its context was made".to_owned())??;
+        Ok(Self {
+            chats,
+            figures,
+            slots: spec.slots,
+        })
+    }
+
+    /// Hands `chat` to the decode loop; its events go to `sink`.
+    pub fn submit(&self, chat: PreparedChat, sink: GenerationSink) {
+        self.figures.waiting.fetch_add(1, Ordering::SeqCst);
+        if let Err(returned) = self.chats.send(Admission { chat, sink }) {
+            // Only when the loop died (a panic in llama.cpp code).
+            self.figures.waiting.fetch_sub(1, Ordering::SeqCst);
+            returned
+                .into_inner()
+                .sink
+                .fail(ChatError::Engine("the decode loop has stopped".into()));
+        }
+    }
+
+    /// Slots, busy slots, chats waiting and recent throughput.
+    pub fn load(&self) -> GeneratorLoad {
+        GeneratorLoad {
+            slots: self.slots,
+            busy_slots: self.figures.busy.load(Ordering::SeqCst),
+            waiting: self.figures.waiting.load(Ordering::SeqCst),
+            tokens_per_second: self.figures.throughput.lock().per_second(Instant::now()),
+        }
+    }
+}
+
+/// The context of `spec` on `model`.
+fn new_context(model: &LlamaModel, spec: SchedulerSpec) -> Result<LlamaContext<'_>, String> {
+    let n_batch = spec.n_batch.max(spec.slots);
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(spec.kv_tokens()))
+        .with_n_seq_max(spec.slots)
+        .with_kv_unified(false)
+        .with_n_batch(n_batch)
+        .with_n_ubatch(n_batch)
+        .with_n_threads(spec.threads)
+        .with_n_threads_batch(spec.threads);
+    with_new_context_lock(|| model.new_context(backend(), params)).map_err(|e| {
+        format!(
+            "cannot create a context of {} slots × {} tokens: {e}",
+            spec.slots, spec.n_ctx_slot
+        )
+    })
+}
+
+/// One sequence of the context.
+struct Slot {
+    seq: i32,
+    /// The tokens whose KV this sequence holds, in position order.
+    cached: Vec<LlamaToken>,
+    /// When it last took a chat (the least recently used is reused first).
+    used: Instant,
+    active: Option<Sequence>,
+}
+
+/// Tokens a step added for one slot, committed to its cache once decoded.
+struct Added {
+    slot: usize,
+    tokens: Vec<LlamaToken>,
+    /// How many of them are prompt tokens.
+    prompt: usize,
+}
+
+/// The loop's state; lives on its thread (the context is not `Send`).
+struct DecodeLoop<'m> {
+    model: &'m LlamaModel,
+    ctx: LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+    n_batch: usize,
+    slots: Vec<Slot>,
+    pending: VecDeque<Admission>,
+    figures: Arc<Figures>,
+}
+
+impl<'m> DecodeLoop<'m> {
+    fn new(
+        model: &'m LlamaModel,
+        ctx: LlamaContext<'m>,
+        spec: SchedulerSpec,
+        figures: Arc<Figures>,
+    ) -> Self {
+        let n_batch = spec.n_batch.max(spec.slots) as usize;
+        let now = Instant::now();
+        Self {
+            model,
+            ctx,
+            batch: LlamaBatch::new(n_batch, 1),
+            n_batch,
+            slots: (0..spec.slots as i32)
+                .map(|seq| Slot {
+                    seq,
+                    cached: Vec::new(),
+                    used: now,
+                    active: None,
+                })
+                .collect(),
+            pending: VecDeque::new(),
+            figures,
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.pending.is_empty() && self.slots.iter().all(|s| s.active.is_none())
+    }
+
+    /// Steps until the engine is gone and nothing is left to do.
+    fn run(mut self, incoming: &Receiver<Admission>) {
+        loop {
+            if self.idle() {
+                match incoming.recv() {
+                    Ok(admission) => self.pending.push_back(admission),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(admission) = incoming.try_recv() {
+                self.pending.push_back(admission);
+            }
+            self.step();
+        }
+    }
+
+    /// One step: drop what was cancelled, seat waiting chats, decode one
+    /// batch, sample.
+    fn step(&mut self) {
+        self.drop_cancelled();
+        self.seat_pending();
+        let added = self.fill_batch();
+        if added.is_empty() {
+            return;
+        }
+        if let Err(e) = self.ctx.decode(&mut self.batch) {
+            let error = ChatError::Engine(format!("decode: {e}"));
+            for a in &added {
+                self.fail(a.slot, error.clone());
+            }
+            return;
+        }
+        let now = Instant::now();
+        for a in added {
+            let slot = &mut self.slots[a.slot];
+            slot.cached.extend_from_slice(&a.tokens);
+            if let Some(seq) = slot.active.as_mut() {
+                seq.prompt_done += a.prompt;
+                if a.prompt > 0 && seq.prompt_done == seq.chat.tokens.len() {
+                    seq.prompt_end = Some(now);
+                }
+            }
+        }
+        let mut generated = 0;
+        for i in 0..self.slots.len() {
+            generated += self.sample(i);
+        }
+        if generated > 0 {
+            self.figures.throughput.lock().add(now, generated);
+        }
+    }
+
+    /// Ends cancelled chats, seated or waiting, before they cost a step.
+    fn drop_cancelled(&mut self) {
+        for i in 0..self.slots.len() {
+            let cancelled = self.slots[i]
+                .active
+                .as_ref()
+                .is_some_and(|s| s.sink.is_cancelled());
+            if cancelled {
+                self.finish(i, FinishReason::Cancelled);
+            }
+        }
+        let (cancelled, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|a| a.sink.is_cancelled());
+        self.pending = waiting.into();
+        for admission in cancelled {
+            self.figures.waiting.fetch_sub(1, Ordering::SeqCst);
+            let seq = Sequence::new(admission, 0);
+            let summary = seq.summary(FinishReason::Cancelled);
+            seq.sink.done(summary);
+        }
+    }
+
+    /// Seats waiting chats, oldest first, in free slots: each in the one
+    /// whose cache shares the longest prefix with its prompt (the least
+    /// recently used among equals), reusing that prefix.
+    fn seat_pending(&mut self) {
+        while !self.pending.is_empty() {
+            let tokens = &self.pending[0].chat.tokens;
+            let best = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.active.is_none())
+                .map(|(i, s)| {
+                    (
+                        common_prefix(&s.cached, tokens),
+                        std::cmp::Reverse(s.used),
+                        i,
+                    )
+                })
+                .max();
+            let Some((prefix, _, i)) = best else {
+                return;
+            };
+            let admission = self.pending.pop_front().expect("not empty");
+            self.figures.waiting.fetch_sub(1, Ordering::SeqCst);
+            // At least one prompt token is decoded: its logits start the reply.
+            let reuse = prefix.min(admission.chat.tokens.len().saturating_sub(1));
+            let reuse = self.truncate_cache(i, reuse);
+            let slot = &mut self.slots[i];
+            slot.used = Instant::now();
+            slot.active = Some(Sequence::new(admission, reuse));
+            self.figures.busy.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Keeps the first `keep` cached tokens of slot `i` and removes the rest
+    /// of its KV; returns how many were kept (0 when llama.cpp cannot remove
+    /// part of a sequence, e.g. for recurrent models, and so all went).
+    fn truncate_cache(&mut self, i: usize, keep: usize) -> usize {
+        let slot = &mut self.slots[i];
+        if keep == slot.cached.len() {
+            return keep;
+        }
+        let seq = Some(slot.seq as u32);
+        let partial = self
+            .ctx
+            .clear_kv_cache_seq(seq, Some(keep as u32), None)
+            .unwrap_or(false);
+        let keep = if partial {
+            keep
+        } else {
+            let _ = self.ctx.clear_kv_cache_seq(seq, None, None);
+            0
+        };
+        slot.cached.truncate(keep);
+        keep
+    }
+
+    /// Builds this step's batch: the next token of each generating sequence,
+    /// then prompt chunks in the room left. Returns what each slot added.
+    fn fill_batch(&mut self) -> Vec<Added> {
+        self.batch.clear();
+        let mut added = Vec::new();
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let Some(seq) = slot.active.as_mut() else {
+                continue;
+            };
+            seq.logits_at = None;
+            let Some(token) = seq.next.take() else {
+                continue;
+            };
+            let pos = slot.cached.len() as i32;
+            // The batch holds n_batch ≥ slots tokens: one per slot fits.
+            self.batch
+                .add(token, pos, &[slot.seq], true)
+                .expect("one token per slot fits the batch");
+            seq.logits_at = Some(self.batch.n_tokens() - 1);
+            added.push(Added {
+                slot: i,
+                tokens: vec![token],
+                prompt: 0,
+            });
+        }
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let room = self.n_batch - self.batch.n_tokens() as usize;
+            let Some(seq) = slot.active.as_mut() else {
+                continue;
+            };
+            let rest = &seq.chat.tokens[seq.prompt_done..];
+            if rest.is_empty() || room == 0 {
+                continue;
+            }
+            let chunk = &rest[..rest.len().min(room)];
+            let last = chunk.len() == rest.len();
+            let base = slot.cached.len();
+            for (k, token) in chunk.iter().enumerate() {
+                let logits = last && k + 1 == chunk.len();
+                self.batch
+                    .add(*token, (base + k) as i32, &[slot.seq], logits)
+                    .expect("the chunk fits the room left");
+            }
+            if last {
+                seq.logits_at = Some(self.batch.n_tokens() - 1);
+            }
+            added.push(Added {
+                slot: i,
+                tokens: chunk.to_vec(),
+                prompt: chunk.len(),
+            });
+        }
+        added
+    }
+
+    /// Samples slot `i` if its logits came out this step; returns 1 if it
+    /// generated a token.
+    fn sample(&mut self, i: usize) -> u32 {
+        let Some(seq) = self.slots[i].active.as_mut() else {
+            return 0;
+        };
+        let Some(at) = seq.logits_at.take() else {
+            return 0;
+        };
+        let token = seq.sampler.sample(&self.ctx, at);
+        seq.first_token.get_or_insert_with(Instant::now);
+        if self.model.vocab().is_eog(token) {
+            self.finish(i, FinishReason::Stop);
+            return 0;
+        }
+        let count = seq.sink.count_token();
+        let step = seq.text.push(self.model, token);
+        let end = if !seq.sink.piece(step.emit) {
+            Some(FinishReason::Cancelled)
+        } else if step.stopped {
+            Some(FinishReason::StopString)
+        } else if count >= seq.chat.max_tokens {
+            Some(FinishReason::Length)
+        } else {
+            seq.next = Some(token);
+            None
+        };
+        if let Some(reason) = end {
+            self.finish(i, reason);
+        }
+        1
+    }
+
+    /// Ends slot `i`'s chat. Its KV stays as the slot's cache.
+    fn finish(&mut self, i: usize, reason: FinishReason) {
+        let Some(mut seq) = self.slots[i].active.take() else {
+            return;
+        };
+        if reason != FinishReason::StopString {
+            let rest = seq.text.finish();
+            seq.sink.piece(rest);
+        }
+        let summary = seq.summary(reason);
+        self.figures.busy.fetch_sub(1, Ordering::SeqCst);
+        tracing::debug!(slot = i, ?summary, "generation finished");
+        seq.sink.done(summary);
+    }
+
+    /// Fails slot `i`'s chat and forgets its KV.
+    fn fail(&mut self, i: usize, error: ChatError) {
+        let slot = &mut self.slots[i];
+        let _ = self
+            .ctx
+            .clear_kv_cache_seq(Some(slot.seq as u32), None, None);
+        slot.cached.clear();
+        if let Some(seq) = slot.active.take() {
+            self.figures.busy.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!(slot = i, error = %error, "generation failed");
+            seq.sink.fail(error);
+        }
+    }
+}
+
+/// How many leading tokens `a` and `b` share.
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_prefix_counts_shared_leading_tokens() {
+        let t = |v: &[i32]| v.iter().map(|&i| LlamaToken(i)).collect::<Vec<_>>();
+        assert_eq!(common_prefix(&t(&[1, 2, 3]), &t(&[1, 2, 4, 5])), 2);
+        assert_eq!(common_prefix(&t(&[]), &t(&[1])), 0);
+        assert_eq!(common_prefix(&t(&[1, 2]), &t(&[1, 2])), 2);
+    }
+}

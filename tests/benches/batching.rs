@@ -1,0 +1,287 @@
+//! LlamaChat serving several chats at once, side by side with llama-server
+//! (BENCHMARKS.md, issue 13): figures printed, nothing asserted.
+//!
+//! `cargo bench -p modhost-tests --bench batching` builds the release
+//! binaries, then for 1, 2, 4 and 8 concurrent chats starts modhost with
+//! LlamaChat at `CPAI_MODULE_LLAMA_PARALLEL` = chats and llama-server with
+//! `-np` = chats, on the same GGUF (the generated `bench` model), threads and
+//! per-slot context, and runs the chats at once on each, alternating rounds,
+//! greedy, a fixed `max_tokens`, each chat a prompt of its own. It prints:
+//!
+//! - *aggregate decode tokens/s*: the sum over the chats of each one's decode
+//!   rate as its server measures it (llama-server's
+//!   `timings.predicted_per_second`, LlamaChat's `tokens_per_second`), from
+//!   its first token to its last;
+//! - *end to end tokens/s*: all chats' tokens over the wall-clock time from
+//!   sending them to the last answer, prompts included, measured here;
+//!
+//! and modhost's ratio to llama-server for both. Then the time to the first
+//! token of a follow-up turn whose conversation shares a ~500-token start
+//! with the turn before, against the same turn cold, on both servers with
+//! their prompt caches on.
+//!
+//! modhost is driven through its one-call SSE form of `POST /v1/text/chat`
+//! (its final `done` event carries the statistics), llama-server through
+//! `POST /v1/chat/completions` with `ignore_eos`, so both generate exactly
+//! `max_tokens`.
+//!
+//! Flags: `--quick` (1 round instead of 3), `--threads N` (default all
+//! cores), `--tokens N` (default 64), `--chats 1,2,4,8`, `--model tiny|bench`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use common::anchor::{llama_server_binary, llama_server_version, LlamaServer};
+use common::openai::stream_chat;
+use common::{bench_model, build_release_binaries, llama_chat_server, machine, median, num_cpus};
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+/// Context of each slot, tokens, on both servers.
+const CTX_PER_SLOT: usize = 2048;
+
+/// What one chat reported.
+struct Chat {
+    tokens: u64,
+    decode_tps: f64,
+}
+
+/// A prompt of its own for chat `i` of round `round`, so that no prompt
+/// cache helps either server.
+fn prompt(round: usize, i: usize) -> String {
+    format!("Round {round}, chat {i}: tell me a long story about the planets and their moons.")
+}
+
+/// One chat through modhost's one-call SSE form; its final statistics.
+async fn modhost_chat(http: &reqwest::Client, base: &str, text: &str, tokens: u64) -> Result<Chat> {
+    let response = http
+        .post(format!("{base}/v1/text/chat"))
+        .header("Accept", "text/event-stream")
+        .form(&[
+            ("prompt", text),
+            ("max_tokens", &tokens.to_string()),
+            ("temperature", "0"),
+        ])
+        .send()
+        .await?;
+    let mut events = response.bytes_stream().eventsource();
+    while let Some(event) = events.next().await {
+        let event = event?;
+        match event.event.as_str() {
+            "done" => {
+                let done: Value = serde_json::from_str(&event.data)?;
+                return Ok(Chat {
+                    tokens: done["completion_tokens"]
+                        .as_u64()
+                        .context("completion_tokens")?,
+                    decode_tps: done["tokens_per_second"]
+                        .as_f64()
+                        .context("tokens_per_second")?,
+                });
+            }
+            "error" => bail!("modhost: {}", event.data),
+            _ => {}
+        }
+    }
+    bail!("modhost: the stream ended without a result")
+}
+
+/// One chat through llama-server's OpenAI API; its timings.
+async fn anchor_chat(http: &reqwest::Client, base: &str, text: &str, tokens: u64) -> Result<Chat> {
+    let response: Value = http
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({
+            "messages": [{"role": "user", "content": text}],
+            "max_tokens": tokens, "temperature": 0, "ignore_eos": true,
+        }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(Chat {
+        tokens: response["usage"]["completion_tokens"]
+            .as_u64()
+            .with_context(|| format!("llama-server: {response}"))?,
+        decode_tps: response["timings"]["predicted_per_second"]
+            .as_f64()
+            .context("timings.predicted_per_second")?,
+    })
+}
+
+/// `n` chats at once; (aggregate decode tokens/s, end-to-end tokens/s,
+/// tokens in all).
+async fn round(
+    http: &reqwest::Client,
+    base: &str,
+    modhost: bool,
+    n: usize,
+    round: usize,
+    tokens: u64,
+) -> Result<(f64, f64, u64)> {
+    let started = Instant::now();
+    let chats = futures_util::future::try_join_all((0..n).map(|i| {
+        let text = prompt(round, i);
+        async move {
+            if modhost {
+                modhost_chat(http, base, &text, tokens).await
+            } else {
+                anchor_chat(http, base, &text, tokens).await
+            }
+        }
+    }))
+    .await?;
+    let wall = started.elapsed().as_secs_f64();
+    let total: u64 = chats.iter().map(|c| c.tokens).sum();
+    let decode: f64 = chats.iter().map(|c| c.decode_tps).sum();
+    Ok((decode, total as f64 / wall, total))
+}
+
+/// A ~500-token text of its own for `round`.
+fn long_text(round: usize) -> String {
+    let mut text = format!("Notes {round}. ");
+    for i in 0..100 {
+        text.push_str(&format!("Planet {i} has moons and rings. "));
+    }
+    text
+}
+
+/// Time to first token of a cold turn and of its follow-up, ms.
+async fn follow_up(http: &reqwest::Client, base: &str, round: usize) -> Result<(f64, f64, u64)> {
+    let first = json!({"role": "user", "content": long_text(round) + "Summarise."});
+    let body = |messages: Value| {
+        json!({
+            "messages": messages, "max_tokens": 16, "temperature": 0, "stream": true,
+            "stream_options": {"include_usage": true},
+        })
+    };
+    let cold = stream_chat(http, base, &body(json!([first]))).await?;
+    let next = json!([first, {"role": "assistant", "content": cold.text},
+                      {"role": "user", "content": "And the moons?"}]);
+    let warm = stream_chat(http, base, &body(next)).await?;
+    Ok((
+        cold.first_token_ms,
+        warm.first_token_ms,
+        cold.prompt_tokens.unwrap_or(0),
+    ))
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let quick = args.iter().any(|a| a == "--quick");
+    let threads: usize = value("--threads").map_or(Ok(num_cpus()), |t| t.parse())?;
+    let tokens: u64 = value("--tokens").map_or(Ok(64), |t| t.parse())?;
+    let preset = value("--model").unwrap_or_else(|| "bench".into());
+    let counts: Vec<usize> = value("--chats")
+        .unwrap_or_else(|| "1,2,4,8".into())
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let rounds = if quick { 1 } else { 3 };
+
+    build_release_binaries()?;
+    let model = bench_model(&preset)?;
+    let server_bin = llama_server_binary()?;
+    println!("# Several chats at once: modhost (LlamaChat) against llama-server");
+    println!(
+        "{} ({} cores), model {preset} ({} MiB), {threads} threads, {tokens} tokens per chat, greedy, {CTX_PER_SLOT}-token context per slot",
+        machine(),
+        num_cpus(),
+        std::fs::metadata(&model)?.len() >> 20
+    );
+    println!(
+        "llama-server: {}; modhost's llama.cpp: llama-cpp-sys-2 0.1.161",
+        llama_server_version(&server_bin)
+    );
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(900))
+        .build()?;
+
+    println!("\n| chats | modhost decode tok/s | llama-server decode tok/s | decode ratio | modhost end to end tok/s | llama-server end to end tok/s | end to end ratio |");
+    println!("|---|---|---|---|---|---|---|");
+    for &n in &counts {
+        let anchor = LlamaServer::start(&server_bin, &model, threads, n, CTX_PER_SLOT).await?;
+        let ctx = CTX_PER_SLOT.to_string();
+        let slots = n.to_string();
+        let server = llama_chat_server(
+            &model,
+            threads as u32,
+            &[
+                ("CPAI_MODULE_LLAMA_CONTEXT_SIZE", &ctx),
+                ("CPAI_MODULE_LLAMA_PARALLEL", &slots),
+            ],
+        )
+        .await?;
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        // A warm-up round, then alternating ones.
+        for r in 0..=rounds {
+            let a = round(&http, &anchor.base, false, n, r, tokens).await?;
+            let m = round(&http, &server.base, true, n, r, tokens).await?;
+            if a.2 != m.2 {
+                println!(
+                    "(round {r}: llama-server generated {} tokens, modhost {})",
+                    a.2, m.2
+                );
+            }
+            if r > 0 {
+                theirs.push(a);
+                ours.push(m);
+            }
+        }
+        drop(server);
+        drop(anchor);
+        let decode = |v: &[(f64, f64, u64)]| median(v.iter().map(|r| r.0).collect());
+        let e2e = |v: &[(f64, f64, u64)]| median(v.iter().map(|r| r.1).collect());
+        println!(
+            "| {n} | {:.1} | {:.1} | {:.0} % | {:.1} | {:.1} | {:.0} % |",
+            decode(&ours),
+            decode(&theirs),
+            100.0 * decode(&ours) / decode(&theirs),
+            e2e(&ours),
+            e2e(&theirs),
+            100.0 * e2e(&ours) / e2e(&theirs),
+        );
+    }
+    println!("(medians of {rounds} alternating rounds after a warm-up; targets: ratio ≥ 100 % at 4 and 8 chats)");
+
+    // The follow-up turn, one chat at a time.
+    let anchor = LlamaServer::start(&server_bin, &model, threads, 1, CTX_PER_SLOT).await?;
+    let ctx = CTX_PER_SLOT.to_string();
+    let server = llama_chat_server(
+        &model,
+        threads as u32,
+        &[("CPAI_MODULE_LLAMA_CONTEXT_SIZE", &ctx)],
+    )
+    .await?;
+    let (mut ours, mut theirs, mut prompt_tokens) = (Vec::new(), Vec::new(), 0);
+    for r in 0..rounds {
+        theirs.push(follow_up(&http, &anchor.base, 100 + r).await?);
+        let m = follow_up(&http, &server.base, 100 + r).await?;
+        prompt_tokens = m.2;
+        ours.push(m);
+    }
+    drop(server);
+    drop(anchor);
+    println!("\n| first token | cold ms | follow-up ms | follow-up / cold |");
+    println!("|---|---|---|---|");
+    for (name, runs) in [("modhost", &ours), ("llama-server", &theirs)] {
+        let cold = median(runs.iter().map(|r| r.0).collect());
+        let warm = median(runs.iter().map(|r| r.1).collect());
+        println!(
+            "| {name} | {cold:.0} | {warm:.0} | {:.1} % |",
+            100.0 * warm / cold
+        );
+    }
+    println!(
+        "(the first turn's prompt: {prompt_tokens} tokens on modhost; the follow-up adds a 16-token reply and a question; medians of {rounds}; target: follow-up ≤ 20 % of cold)"
+    );
+    Ok(())
+}
