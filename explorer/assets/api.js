@@ -35,7 +35,7 @@
  *     `error` event a failure. Otherwise (CodeProject.AI Server, or the
  *     stream cannot be opened) it POSTs {moduleId}/get_command_status with
  *     `commandId` every intervalMs (never two at once) until the status is
- *     terminal: anything but "running" (completed, cancelled, failed...) or
+ *     terminal: anything but "running" or "queued" (completed, cancelled, failed...) or
  *     `success: false`. onUpdate(reply) gets each running state (partial
  *     fields, e.g. LlamaChat's `reply` so far); onDone(reply) is called
  *     exactly once with the final reply. A plain (not long-running) reply is
@@ -173,7 +173,9 @@
     return (await request('POST', route, formData(fields), timeoutMs)).json;
   }
 
-  const isRunning = reply => reply.success !== false && reply.commandStatus === 'running';
+  // Waiting for a slot in the module (`queued`) is not an end either.
+  const isRunning = reply => reply.success !== false
+    && (reply.commandStatus === 'running' || reply.commandStatus === 'queued');
 
   // Follows job `commandId` through its event stream, starting from the
   // `first` (running) reply. Resolves to the final reply, or null when the

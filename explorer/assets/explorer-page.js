@@ -136,7 +136,7 @@
       send.disabled = true;
       cancel.disabled = false;
       text(status, 'sending…');
-      // Works for plain routes too: a reply that is not "running" is final.
+      // Works for plain routes too: a reply that is not running (or queued) is final.
       handle = modhost.runLongCommand(route.route, m.moduleId, values, {
         onUpdate: show,
         onDone: reply => { show(reply); send.disabled = false; cancel.disabled = true; },

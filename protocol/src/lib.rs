@@ -24,7 +24,7 @@ mod reply;
 pub use failure::{Failure, FailureKind};
 pub use item::{FileValue, KeyValue, Payload, QueueItem, QUIT_COMMAND};
 pub use long_process::{
-    cancel_reply, status_reply, CommandStatus, ProgressUpdate, CANCEL_COMMAND,
+    cancel_reply, status_reply, CommandStatus, ProgressBatch, ProgressUpdate, CANCEL_COMMAND,
     GET_COMMAND_STATUS_COMMAND, PROGRESS_PUSH_FIELD, REPLY_FIELD,
 };
 pub use reply::{envelope, error_body, EnvelopeFields, ReplyMeta};

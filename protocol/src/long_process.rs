@@ -240,6 +240,12 @@ pub struct ProgressUpdate {
     pub produced_at_us: Option<u64>,
 }
 
+/// Progress of several of a module's long processes in one push:
+/// `POST /v1/queue/progress?moduleId=<id>` with a JSON object from command id
+/// to its [`ProgressUpdate`] (modhost extension, docs/protocol.md §4.2). A
+/// module that decodes several chats in one step pushes them all at once.
+pub type ProgressBatch = std::collections::BTreeMap<String, ProgressUpdate>;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -168,22 +168,23 @@ impl ServerClient {
         }
     }
 
-    /// Pushes progress for a long command: `POST
-    /// {server}queue/progress/{commandId}?moduleId={id}` (docs/protocol.md §4.2).
+    /// Pushes the progress of several long commands at once: `POST
+    /// {server}queue/progress?moduleId={id}` with a JSON object from command
+    /// id to update (docs/protocol.md §4.2).
     ///
     /// # Errors
-    /// Connection failures and non-2xx statuses.
+    /// Connection failures and non-2xx statuses (404 when one of the
+    /// commands has no job; the others' updates are applied).
     pub(crate) async fn post_progress(
         &self,
-        command_id: &str,
-        update: &modhost_protocol::ProgressUpdate,
+        batch: &modhost_protocol::ProgressBatch,
     ) -> Result<(), ClientError> {
-        let url = self.with_module_id(self.url(&["queue", "progress", command_id]));
+        let url = self.with_module_id(self.url(&["queue", "progress"]));
         let response = self
             .http
             .post(url)
             .timeout(POST_TIMEOUT)
-            .json(update)
+            .json(batch)
             .send()
             .await?;
         check(response).await.map(drop)

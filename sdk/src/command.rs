@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use modhost_protocol::{ProgressUpdate, REPLY_FIELD};
+use modhost_protocol::REPLY_FIELD;
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
+
+use crate::progress::ProgressSink;
 
 /// A JSON object, the shape of every reply.
 pub(crate) type JsonMap = Map<String, Value>;
@@ -32,71 +34,6 @@ pub struct CommandHandle {
     /// Where pushed progress waits for the pusher task; `None` when the
     /// server does not take pushes.
     progress: Option<Arc<ProgressSink>>,
-}
-
-/// Progress not yet pushed, and the wake-up of the task that pushes it.
-/// Updates made while a push is in flight are merged into the next one.
-#[derive(Debug, Default)]
-pub(crate) struct ProgressSink {
-    // parking_lot: a merge or a take, never across an await.
-    pending: Mutex<ProgressUpdate>,
-    wake: tokio::sync::Notify,
-    /// Set once the final status has been pushed (or given up on).
-    delivered: Mutex<bool>,
-    delivered_now: parking_lot::Condvar,
-}
-
-impl ProgressSink {
-    fn change(&self, f: impl FnOnce(&mut ProgressUpdate)) {
-        f(&mut self.pending.lock());
-        self.wake.notify_one();
-    }
-
-    /// Queues word that the command left the queue and runs.
-    pub(crate) fn started(&self) {
-        self.change(|p| p.started = true);
-    }
-
-    /// Queues the final status reply; the pusher sends it and stops.
-    pub(crate) fn finish(&self, done: JsonMap) {
-        self.change(|p| p.done = Some(done));
-    }
-
-    /// Records that the final status has left (pushed, or given up on).
-    pub(crate) fn mark_delivered(&self) {
-        *self.delivered.lock() = true;
-        self.delivered_now.notify_all();
-    }
-
-    /// Blocks until the final status has left or `timeout` passes; true if
-    /// it has.
-    pub(crate) fn wait_delivered(&self, timeout: Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        let mut delivered = self.delivered.lock();
-        while !*delivered {
-            if self
-                .delivered_now
-                .wait_until(&mut delivered, deadline)
-                .timed_out()
-            {
-                break;
-            }
-        }
-        *delivered
-    }
-
-    /// Waits for something to push, then takes all of it.
-    pub(crate) async fn next(&self) -> ProgressUpdate {
-        loop {
-            {
-                let mut pending = self.pending.lock();
-                if *pending != ProgressUpdate::default() {
-                    return std::mem::take(&mut *pending);
-                }
-            }
-            self.wake.notified().await;
-        }
-    }
 }
 
 /// Microseconds since the Unix epoch, now.
@@ -267,21 +204,21 @@ mod tests {
 
     #[test]
     fn a_pushing_handle_queues_deltas_and_changed_fields() {
-        let sink = Arc::new(ProgressSink::default());
-        let h = CommandHandle::pushing("c1", Arc::clone(&sink));
+        let hub = Arc::new(crate::progress::ProgressHub::default());
+        let h = CommandHandle::pushing("c1", hub.sink("c1"));
         h.append_reply("The");
         h.append_reply(" sun");
         h.update("tokens", json!(2));
         h.update("tokens", json!(2)); // unchanged: nothing to push
         h.update("reply", json!("The sun is"));
-        let update = std::mem::take(&mut *sink.pending.lock());
+        let update = hub.take().remove("c1").unwrap();
         assert_eq!(update.delta, "The sun is");
         assert_eq!(update.fields, obj(json!({"tokens": 2})));
         assert!(update.produced_at_us.is_some());
         assert_eq!(h.published()["reply"], "The sun is");
         // A rewritten reply is a field, not a delta.
         h.update("reply", json!("Other"));
-        let update = std::mem::take(&mut *sink.pending.lock());
+        let update = hub.take().remove("c1").unwrap();
         assert_eq!(update.delta, "");
         assert_eq!(update.fields, obj(json!({"reply": "Other"})));
     }

@@ -18,7 +18,9 @@
 //!   built-in commands, long-process threads, status loop, shutdown.
 //! - `request.rs`: [`RequestData`], the parsed queue item, and its typed
 //!   getters.
-//! - `command.rs`: [`CommandHandle`], and the progress it pushes.
+//! - `command.rs`: [`CommandHandle`], what a long process publishes.
+//! - `progress.rs`: the module's pending progress pushes, all commands'
+//!   together in one request.
 //! - `registry.rs`: the long commands behind `get_command_status` /
 //!   `cancel_command`: slots, queue ([`LongCapacity`]) and recent results.
 //! - `reply.rs`: reply envelopes, inference counts, `statusData`.
@@ -83,6 +85,7 @@ mod command;
 mod context;
 mod error;
 mod logging;
+mod progress;
 mod registry;
 mod reply;
 mod request;

@@ -23,9 +23,10 @@ use tokio::task::JoinSet;
 use tracing::{debug, error, info, info_span, warn, Instrument as _};
 
 use crate::client::{ClientError, Polled, ServerClient};
-use crate::command::{obj, CommandHandle, JsonMap, ProgressSink};
+use crate::command::{obj, CommandHandle, JsonMap};
 use crate::context::ModuleContext;
 use crate::error::ModuleError;
+use crate::progress::{ProgressHub, ProgressSink};
 use crate::registry::{Admitted, CancelOutcome, LongCommands, Turn};
 use crate::reply::{envelope, error_body, Stats};
 use crate::request::RequestData;
@@ -199,12 +200,9 @@ struct Engine<R> {
     ctx: ModuleContext,
     commands: LongCommands,
     stats: Stats,
-    /// Pushes long-process progress, when the server takes pushes (modhost).
-    pusher: Option<ServerClient>,
-    /// The tasks pushing progress, awaited at shutdown so that a final
-    /// result is not lost.
-    // parking_lot: a push or a drain, never across an await.
-    pushes: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Long-process progress waiting to be pushed, when the server takes
+    /// pushes (modhost); one task pushes it ([`push_progress`]).
+    progress: Option<Arc<ProgressHub>>,
 }
 
 impl<R: ModuleRunner> Engine<R> {
@@ -215,17 +213,15 @@ impl<R: ModuleRunner> Engine<R> {
             ctx,
             commands: LongCommands::with_capacity(capacity),
             stats: Stats::default(),
-            pusher: None,
-            pushes: parking_lot::Mutex::default(),
+            progress: None,
         }
     }
 
-    /// An engine that pushes long-process progress through `client` when the
-    /// server takes pushes.
+    /// An engine that gathers long-process progress for pushing when
+    /// `client`'s server takes pushes.
     fn with_client(runner: R, ctx: ModuleContext, client: &ServerClient) -> Self {
-        let pusher = client.pushes_progress().then(|| client.clone());
         Self {
-            pusher,
+            progress: client.pushes_progress().then(Arc::default),
             ..Self::new(runner, ctx)
         }
     }
@@ -341,17 +337,10 @@ impl<R: ModuleRunner> Engine<R> {
             "" => uuid::Uuid::new_v4().to_string(),
             id => id.to_owned(),
         };
-        // On modhost, progress is pushed by a task of its own.
-        let sink = self
-            .pusher
-            .as_ref()
-            .zip(tokio::runtime::Handle::try_current().ok())
-            .map(|(client, runtime)| {
-                let sink = Arc::new(ProgressSink::default());
-                (sink, client.clone(), runtime)
-            });
+        // On modhost, progress is pushed, all commands' together.
+        let sink = self.progress.as_ref().map(|hub| hub.sink(&id));
         let handle = match &sink {
-            Some((sink, ..)) => CommandHandle::pushing(&id, Arc::clone(sink)),
+            Some(sink) => CommandHandle::pushing(&id, Arc::clone(sink)),
             None => CommandHandle::new(&id),
         };
         let admitted = match self.commands.try_start_with(handle.clone()) {
@@ -367,11 +356,6 @@ impl<R: ModuleRunner> Engine<R> {
                 return (reply, None);
             }
         };
-        let sink = sink.map(|(sink, client, runtime)| {
-            let task = runtime.spawn(push_progress(client, id.clone(), Arc::clone(&sink)));
-            self.pushes.lock().push(task);
-            sink
-        });
         let engine = Arc::clone(self);
         let span = tracing::Span::current();
         let (gate, opened) = std::sync::mpsc::channel::<()>();
@@ -403,7 +387,7 @@ impl<R: ModuleRunner> Engine<R> {
                 "queuePosition": ahead + 1,
             })),
         };
-        if self.pusher.is_some() {
+        if self.progress.is_some() {
             reply.insert(modhost_protocol::PROGRESS_PUSH_FIELD.into(), true.into());
         }
         (reply, Some(StartGate(gate)))
@@ -570,6 +554,10 @@ async fn serve<R: ModuleRunner>(engine: Arc<Engine<R>>, client: ServerClient) {
             .instrument(info_span!("worker", id = worker)),
         );
     }
+    let pusher = engine
+        .progress
+        .as_ref()
+        .map(|hub| tokio::spawn(push_progress(client.clone(), Arc::clone(hub))));
     tasks.spawn(status_loop(
         Arc::clone(&engine),
         client.clone(),
@@ -598,37 +586,31 @@ async fn serve<R: ModuleRunner>(engine: Arc<Engine<R>>, client: ServerClient) {
         error!("stopping the long command panicked");
     }
     // The final progress of what just stopped reaches the server.
-    let pushes: Vec<_> = std::mem::take(&mut *engine.pushes.lock());
-    let flushed = async {
-        for push in pushes {
-            let _ = push.await;
+    if let (Some(hub), Some(pusher)) = (&engine.progress, pusher) {
+        hub.close();
+        if tokio::time::timeout(DRAIN_GRACE, pusher).await.is_err() {
+            warn!("progress still unsent {DRAIN_GRACE:?} after stopping; leaving it");
         }
-    };
-    if tokio::time::timeout(DRAIN_GRACE, flushed).await.is_err() {
-        warn!("progress still unsent {DRAIN_GRACE:?} after stopping; leaving it");
     }
 }
 
-/// Pushes a long command's progress as it comes, one update at a time and
-/// in order, merging what arrives while a push is in flight; ends after the
-/// final status. An update the server cannot take is logged and dropped
-/// (after one retry when the connection failed): the command goes on.
-async fn push_progress(client: ServerClient, command_id: String, sink: Arc<ProgressSink>) {
-    loop {
-        let update = sink.next().await;
-        let last = update.done.is_some();
-        let mut result = client.post_progress(&command_id, &update).await;
+/// Pushes the module's long-command progress as it comes: everything
+/// pending, of every command, in one request, one request at a time, so
+/// each command's updates arrive in order; what arrives while a push is in
+/// flight goes in the next. Ends when the hub is closed and empty. A batch
+/// the server cannot take is logged and dropped (after one retry when the
+/// connection failed): the commands go on.
+async fn push_progress(client: ServerClient, hub: Arc<ProgressHub>) {
+    while let Some(batch) = hub.next().await {
+        let mut result = client.post_progress(&batch).await;
         if matches!(&result, Err(ClientError::Http(e)) if e.is_connect()) {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            result = client.post_progress(&command_id, &update).await;
+            result = client.post_progress(&batch).await;
         }
         if let Err(e) = result {
-            debug!(command_id, "cannot push progress: {e}");
+            debug!(commands = batch.len(), "cannot push progress: {e}");
         }
-        if last {
-            sink.mark_delivered();
-            return;
-        }
+        hub.sent(&batch);
     }
 }
 

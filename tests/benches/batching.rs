@@ -20,13 +20,15 @@
 //! with the turn before, against the same turn cold, on both servers with
 //! their prompt caches on.
 //!
-//! modhost is driven through its one-call SSE form of `POST /v1/text/chat`
-//! (its final `done` event carries the statistics), llama-server through
-//! `POST /v1/chat/completions` with `ignore_eos`, so both generate exactly
-//! `max_tokens`.
+//! Both stream their replies, as chat clients do: modhost through its
+//! one-call SSE form of `POST /v1/text/chat` (its final `done` event carries
+//! the statistics), llama-server through `POST /v1/chat/completions` with
+//! `stream` (its last chunk carries `timings`) and `ignore_eos`, so both
+//! generate exactly `max_tokens`.
 //!
 //! Flags: `--quick` (1 round instead of 3), `--threads N` (default all
-//! cores), `--tokens N` (default 64), `--chats 1,2,4,8`, `--model tiny|bench`.
+//! cores), `--tokens N` (default 64), `--chats 1,2,4,8`, `--model tiny|bench`,
+//! `--no-follow-up` (the concurrent chats only).
 
 mod common;
 
@@ -35,7 +37,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use common::anchor::{llama_server_binary, llama_server_version, LlamaServer};
 use common::openai::stream_chat;
-use common::{bench_model, build_release_binaries, llama_chat_server, machine, median, num_cpus};
+use common::{
+    bench_model, build_release_binaries, llama_chat_server, machine, median, num_cpus, Args,
+};
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -89,26 +93,33 @@ async fn modhost_chat(http: &reqwest::Client, base: &str, text: &str, tokens: u6
     bail!("modhost: the stream ended without a result")
 }
 
-/// One chat through llama-server's OpenAI API; its timings.
+/// One chat through llama-server's OpenAI API, streamed as modhost's is;
+/// its timings (from the last chunk).
 async fn anchor_chat(http: &reqwest::Client, base: &str, text: &str, tokens: u64) -> Result<Chat> {
-    let response: Value = http
+    let response = http
         .post(format!("{base}/v1/chat/completions"))
         .json(&json!({
             "messages": [{"role": "user", "content": text}],
-            "max_tokens": tokens, "temperature": 0, "ignore_eos": true,
+            "max_tokens": tokens, "temperature": 0, "ignore_eos": true, "stream": true,
         }))
         .send()
-        .await?
-        .json()
         .await?;
-    Ok(Chat {
-        tokens: response["usage"]["completion_tokens"]
-            .as_u64()
-            .with_context(|| format!("llama-server: {response}"))?,
-        decode_tps: response["timings"]["predicted_per_second"]
-            .as_f64()
-            .context("timings.predicted_per_second")?,
-    })
+    let mut events = response.bytes_stream().eventsource();
+    while let Some(event) = events.next().await {
+        let event = event?;
+        if event.data == "[DONE]" {
+            break;
+        }
+        let chunk: Value = serde_json::from_str(&event.data)?;
+        let timings = &chunk["timings"];
+        if let Some(decode_tps) = timings["predicted_per_second"].as_f64() {
+            return Ok(Chat {
+                tokens: timings["predicted_n"].as_u64().context("predicted_n")?,
+                decode_tps,
+            });
+        }
+    }
+    bail!("llama-server: no timings in the stream")
 }
 
 /// `n` chats at once; (aggregate decode tokens/s, end-to-end tokens/s,
@@ -142,7 +153,7 @@ async fn round(
 /// A ~500-token text of its own for `round`.
 fn long_text(round: usize) -> String {
     let mut text = format!("Notes {round}. ");
-    for i in 0..100 {
+    for i in 0..24 {
         text.push_str(&format!("Planet {i} has moons and rings. "));
     }
     text
@@ -170,22 +181,19 @@ async fn follow_up(http: &reqwest::Client, base: &str, round: usize) -> Result<(
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1).cloned())
-    };
-    let quick = args.iter().any(|a| a == "--quick");
-    let threads: usize = value("--threads").map_or(Ok(num_cpus()), |t| t.parse())?;
-    let tokens: u64 = value("--tokens").map_or(Ok(64), |t| t.parse())?;
-    let preset = value("--model").unwrap_or_else(|| "bench".into());
-    let counts: Vec<usize> = value("--chats")
+    let args = Args::from_env();
+    let quick = args.flag("--quick");
+    let threads: usize = args.parsed("--threads", num_cpus())?;
+    let tokens: u64 = args.parsed("--tokens", 64)?;
+    let preset = args.value("--model").unwrap_or_else(|| "bench".into());
+    let counts: Vec<usize> = args
+        .value("--chats")
         .unwrap_or_else(|| "1,2,4,8".into())
         .split(',')
         .map(str::parse)
         .collect::<Result<_, _>>()?;
     let rounds = if quick { 1 } else { 3 };
+    let follow_ups = !args.flag("--no-follow-up");
 
     build_release_binaries()?;
     let model = bench_model(&preset)?;
@@ -252,6 +260,9 @@ async fn main() -> Result<()> {
     }
     println!("(medians of {rounds} alternating rounds after a warm-up; targets: ratio ≥ 100 % at 4 and 8 chats)");
 
+    if !follow_ups {
+        return Ok(());
+    }
     // The follow-up turn, one chat at a time.
     let anchor = LlamaServer::start(&server_bin, &model, threads, 1, CTX_PER_SLOT).await?;
     let ctx = CTX_PER_SLOT.to_string();

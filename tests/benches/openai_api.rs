@@ -25,21 +25,18 @@ use std::time::Duration;
 use anyhow::Result;
 use common::anchor::{llama_server_binary, llama_server_version, LlamaServer};
 use common::openai::{stream_chat, Run};
-use common::{bench_model, build_release_binaries, llama_chat_server, machine, median, num_cpus};
+use common::{
+    bench_model, build_release_binaries, llama_chat_server, machine, median, num_cpus, Args,
+};
 use serde_json::json;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1).cloned())
-    };
-    let quick = args.iter().any(|a| a == "--quick");
-    let threads: usize = value("--threads").map_or(Ok(num_cpus()), |t| t.parse())?;
-    let preset = value("--model").unwrap_or_else(|| "bench".into());
-    let max_tokens: u64 = value("--tokens").map_or(Ok(96), |t| t.parse())?;
+    let args = Args::from_env();
+    let quick = args.flag("--quick");
+    let threads: usize = args.parsed("--threads", num_cpus())?;
+    let preset = args.value("--model").unwrap_or_else(|| "bench".into());
+    let max_tokens: u64 = args.parsed("--tokens", 96)?;
     let rounds = if quick { 2 } else { 5 };
 
     build_release_binaries()?;

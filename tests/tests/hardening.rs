@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use modhost_tests::{
     assert_error, assert_error_response, process_alive, Api, InProcess, ModuleDir, Server,
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// A module whose process only sleeps; the test answers its queue.
 const FAKE: &str = r#"{ "Modules": { "Fake": {
@@ -405,6 +405,66 @@ async fn polls_need_the_current_launch_token() {
     let (status, _) = poll_once(&server, &fresh.poll_url()).await;
     assert_eq!(status, 200, "the new launch's token");
     client.abort();
+}
+
+#[tokio::test]
+async fn a_batch_of_progress_pushes_reaches_each_job_and_names_unknown_ones() {
+    let server = InProcess::start(root_with_fake(), &[]).unwrap();
+    let side = fake_side(&server).await;
+    // Two long commands of Fake, each answered "running" with progressPush.
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let client = tokio::spawn(server.http.post(server.url("/v1/fake/plain")).send());
+        let item = next_command(&server).await;
+        let reqid = item["reqid"].as_str().unwrap().to_owned();
+        let running = json!({"success": true, "commandId": reqid, "commandStatus": "running",
+                             "progressPush": true});
+        server
+            .http
+            .post(side.reply_url(&reqid))
+            .header("X-Modhost-Token", &side.token)
+            .json(&running)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(client.await.unwrap().unwrap().status(), 200);
+        ids.push(reqid);
+    }
+    let push = |batch: Value| {
+        server
+            .http
+            .post(side.url("/queue/progress?moduleId=Fake"))
+            .header("X-Modhost-Token", &side.token)
+            .json(&batch)
+            .send()
+    };
+    let r = push(json!({&ids[0]: {"delta": "one"}, &ids[1]: {"delta": "two"},
+                        "nope": {"delta": "lost"}}))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 404);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("has no job 'nope'"), "{text}");
+    for (id, text) in ids.iter().zip(["one", "two"]) {
+        let job = server.get_json(&format!("/v1/jobs/{id}")).await.unwrap();
+        assert_eq!(job["job"]["reply"], text, "{job}");
+    }
+    let r = push(json!({&ids[0]: {"delta": " more"}})).await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Without the token, nothing is taken.
+    let r = server
+        .http
+        .post(side.url("/queue/progress?moduleId=Fake"))
+        .json(&json!({&ids[1]: {"delta": "forged"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let job = server
+        .get_json(&format!("/v1/jobs/{}", ids[1]))
+        .await
+        .unwrap();
+    assert_eq!(job["job"]["reply"], "two");
 }
 
 #[tokio::test]

@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -37,6 +37,14 @@ mod sequence;
 
 use figures::Figures;
 use sequence::Sequence;
+
+/// How long the decode loop, woken from idle by a chat, waits for the next
+/// one before it starts (see `DecodeLoop::gather`): the most a lone chat's
+/// first token is delayed.
+pub const GATHER_GAP: Duration = Duration::from_millis(3);
+
+/// The longest the decode loop gathers a burst of chats.
+pub const GATHER_MAX: Duration = Duration::from_millis(20);
 
 /// The shape of the scheduler's context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,11 +237,30 @@ impl<'m> DecodeLoop<'m> {
                     Ok(admission) => self.pending.push_back(admission),
                     Err(_) => return,
                 }
+                self.gather(incoming);
             }
             while let Ok(admission) = incoming.try_recv() {
                 self.pending.push_back(admission);
             }
             self.step();
+        }
+    }
+
+    /// After waking from idle: takes the chats that arrive within
+    /// [`GATHER_GAP`] of each other (up to [`GATHER_MAX`] in all, or until
+    /// every slot has one), so that a burst of chats has its prompts
+    /// decoded in one batch. Chats reach the module one command at a time,
+    /// a millisecond or two apart; without this the first one's prompt is
+    /// decoded alone and every later one's in the next step, while the first
+    /// already waits for its tokens.
+    fn gather(&mut self, incoming: &Receiver<Admission>) {
+        let deadline = Instant::now() + GATHER_MAX;
+        while self.pending.len() < self.slots.len() {
+            let wait = GATHER_GAP.min(deadline.saturating_duration_since(Instant::now()));
+            match incoming.recv_timeout(wait) {
+                Ok(admission) => self.pending.push_back(admission),
+                Err(_) => return,
+            }
         }
     }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use modhost_protocol::{
-    split_queue_token, Failure, FailureKind, JsonMap, ProgressUpdate, TOKEN_HEADER,
+    split_queue_token, Failure, FailureKind, JsonMap, ProgressBatch, ProgressUpdate, TOKEN_HEADER,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -43,6 +43,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         "/queue/updatemodulestatus",
         web::post().to(update_status_without_id),
     )
+    .route("/queue/progress", web::post().to(progress_batch))
     .route("/queue/progress/{command_id}", web::post().to(progress))
     .route("/queue/{queue}", web::get().to(poll))
     .route("/queue/{reqid}", web::post().to(reply))
@@ -312,45 +313,94 @@ async fn progress(
     body: web::Payload,
 ) -> HttpResponse {
     let command_id = path.into_inner();
+    let (module, update) = match read_push::<ProgressUpdate>(&state, &req, &query, body).await {
+        Ok(read) => read,
+        Err(answer) => return answer,
+    };
+    match state.jobs.push(module.id(), &command_id, update) {
+        Ok(()) => progress_saved(),
+        Err(failure) => HttpResponse::NotFound()
+            .content_type("text/plain")
+            .body(failure.message),
+    }
+}
+
+/// `POST /v1/queue/progress?moduleId=<id>`: a module pushes progress for
+/// several of its jobs at once, a JSON object from command id to update
+/// (docs/protocol.md §4.2). Needs the token. Every update for a known job is
+/// applied; 404 names the ids with no job.
+async fn progress_batch(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<ModuleQuery>,
+    body: web::Payload,
+) -> HttpResponse {
+    let (module, batch) = match read_push::<ProgressBatch>(&state, &req, &query, body).await {
+        Ok(read) => read,
+        Err(answer) => return answer,
+    };
+    let unknown: Vec<String> = batch
+        .into_iter()
+        .filter_map(|(id, update)| state.jobs.push(module.id(), &id, update).err().map(|_| id))
+        .collect();
+    if unknown.is_empty() {
+        return progress_saved();
+    }
+    HttpResponse::NotFound()
+        .content_type("text/plain")
+        .body(format!(
+            "module {} has no job '{}' (the other updates were saved)",
+            module.id(),
+            unknown.join("', '")
+        ))
+}
+
+fn progress_saved() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain")
+        .body("Progress saved.")
+}
+
+/// The module and body of a progress push, or the answer that refuses it:
+/// 404 without a known `moduleId`, 403 without its token, 400 for a body
+/// that is too large, too slow or not a `T`. Records the module's contact.
+async fn read_push<T: serde::de::DeserializeOwned>(
+    state: &web::Data<AppState>,
+    req: &HttpRequest,
+    query: &ModuleQuery,
+    body: web::Payload,
+) -> Result<(Arc<Module>, T), HttpResponse> {
     let Some(module) = query
         .module_id
         .as_deref()
         .and_then(|id| state.registry.get(id))
         .cloned()
     else {
-        return HttpResponse::NotFound()
+        return Err(HttpResponse::NotFound()
             .content_type("text/plain")
-            .body("progress needs the moduleId of a known module");
+            .body("progress needs the moduleId of a known module"));
     };
-    if let Err(why) = authorize(&state, &module, header_token(&req).as_deref(), true) {
-        return refused(why);
+    if let Err(why) = authorize(state, &module, header_token(req).as_deref(), true) {
+        return Err(refused(why));
     }
     let limits = crate::payload::BodyLimits {
         max_bytes: state.config.max_body_bytes,
         max_fields: 0,
         read_timeout: state.config.body_read_timeout,
     };
-    let update = match crate::payload::read_body(req.headers(), body, limits).await {
-        Ok(bytes) => serde_json::from_slice::<ProgressUpdate>(&bytes)
+    let parsed = match crate::payload::read_body(req.headers(), body, limits).await {
+        Ok(bytes) => serde_json::from_slice::<T>(&bytes)
             .map_err(|e| format!("malformed progress update: {e}")),
         Err(err) => Err(err.to_string()),
     };
-    let update = match update {
-        Ok(update) => update,
-        Err(problem) => {
-            return HttpResponse::BadRequest()
-                .content_type("text/plain")
-                .body(problem)
+    match parsed {
+        Ok(value) => {
+            module.seen();
+            Ok((module, value))
         }
-    };
-    module.seen();
-    match state.jobs.push(module.id(), &command_id, update) {
-        Ok(()) => HttpResponse::Ok()
+        Err(problem) => Err(HttpResponse::BadRequest()
             .content_type("text/plain")
-            .body("Progress saved."),
-        Err(failure) => HttpResponse::NotFound()
-            .content_type("text/plain")
-            .body(failure.message),
+            .body(problem)),
     }
 }
 

@@ -38,6 +38,36 @@ pub fn build_release_binaries() -> Result<()> {
     Ok(())
 }
 
+/// The benchmark's command line: `--flag` switches and `--name value` pairs.
+pub struct Args(Vec<String>);
+
+impl Args {
+    pub fn from_env() -> Args {
+        Args(std::env::args().collect())
+    }
+
+    /// Whether `--flag` was given.
+    pub fn flag(&self, flag: &str) -> bool {
+        self.0.iter().any(|a| a == flag)
+    }
+
+    /// The value after `name`, if given.
+    pub fn value(&self, name: &str) -> Option<String> {
+        let at = self.0.iter().position(|a| a == name)?;
+        self.0.get(at + 1).cloned()
+    }
+
+    /// The value after `name` parsed, or `default` when it is not given.
+    pub fn parsed<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T>
+    where
+        T::Err: std::error::Error + Send + Sync + 'static,
+    {
+        self.value(name)
+            .map_or(Ok(default), |v| v.parse())
+            .with_context(|| format!("{name} takes a value of another form"))
+    }
+}
+
 pub fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
