@@ -11,9 +11,10 @@
 //!
 //! llama-server: `$LLAMA_SERVER`, else `target/anchors/llama.cpp-*/build/bin/llama-server`,
 //! else built there with `../shared/tools/build-llama-server.sh` when that
-//! script exists (see BENCHMARKS.md). Its prompt cache is turned off per
-//! request (`cache_prompt: false`) and `ignore_eos` set, so that both engines
-//! process the whole prompt and generate exactly `max_tokens` every time.
+//! script exists (see BENCHMARKS.md). Each round's prompt starts with words
+//! of its own, so that neither prompt cache reuses more than the chat
+//! template's first tokens, and llama-server gets `ignore_eos`, so that both
+//! generate exactly `max_tokens` every time.
 //!
 //! Flags: `--quick` (2 rounds instead of 5), `--threads N` (default all
 //! cores), `--model tiny|bench` (default bench), `--tokens N` (default 96).
@@ -69,15 +70,17 @@ async fn main() -> Result<()> {
     )
     .await?;
 
-    let prompt =
-        "Here is a long question about the planets of the solar system, asked twice. ".repeat(9);
-    let body = |anchor: bool| {
+    // Each round's prompt starts with its own words, so that both prompt
+    // caches (on, as by default) reuse only the chat template's first tokens.
+    let body = |anchor: bool, round: usize| {
+        let prompt = format!("Round {round}. ")
+            + &"Here is a long question about the planets of the solar system, asked twice. "
+                .repeat(9);
         let mut body = json!({
             "max_tokens": max_tokens, "temperature": 0, "seed": 1, "stream": true,
             "messages": [{"role": "user", "content": prompt}],
         });
         if anchor {
-            body["cache_prompt"] = json!(false);
             body["ignore_eos"] = json!(true);
         }
         body
@@ -86,8 +89,8 @@ async fn main() -> Result<()> {
     // Alternating rounds, after a warm-up one, so that both see the same
     // machine conditions.
     for round in 0..=rounds {
-        let a = stream_chat(&http, &anchor_base, &body(true)).await?;
-        let m = stream_chat(&http, &server.base, &body(false)).await?;
+        let a = stream_chat(&http, &anchor_base, &body(true, round)).await?;
+        let m = stream_chat(&http, &server.base, &body(false, round)).await?;
         if round > 0 {
             theirs.push(a);
             ours.push(m);

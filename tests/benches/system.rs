@@ -327,9 +327,10 @@ fn direct_chat<'m>(
     engine: &'m LlamaEngine,
     threads: u32,
     max_tokens: u32,
+    system: &str,
     kept: Option<&mut LlamaContext<'m>>,
 ) -> Result<ChatRun> {
-    let tokens = engine.tokenize(&engine.render_prompt(SYSTEM_PROMPT, PROMPT)?);
+    let tokens = engine.tokenize(&engine.render_prompt(system, PROMPT)?);
     let model = engine.model();
     let started = Instant::now();
     let mut fresh;
@@ -390,10 +391,15 @@ struct ModhostRun {
     start_rtt_ms: f64,
 }
 
-async fn modhost_chat(server: &Server, max_tokens: u32, poll: Duration) -> Result<ModhostRun> {
+async fn modhost_chat(
+    server: &Server,
+    max_tokens: u32,
+    system: &str,
+    poll: Duration,
+) -> Result<ModhostRun> {
     let values = [
         ("prompt", PROMPT.to_owned()),
-        ("system_prompt", SYSTEM_PROMPT.to_owned()),
+        ("system_prompt", system.to_owned()),
         ("max_tokens", max_tokens.to_string()),
         ("temperature", TEMPERATURE.to_string()),
         ("seed", SEED.to_string()),
@@ -529,11 +535,16 @@ async fn chat_throughput(preset: &str, options: &Options) -> Result<()> {
             if round > wanted {
                 continue;
             }
-            let f = tokio::task::block_in_place(|| direct_chat(&engine, threads, tokens, None))?;
-            let r = tokio::task::block_in_place(|| {
-                direct_chat(&engine, threads, tokens, Some(&mut kept))
+            // A system prompt of its own per round and kind: LlamaChat's
+            // prompt cache then reuses only the template's first few tokens.
+            let system = format!("Round {round}, {tokens} tokens. {SYSTEM_PROMPT}");
+            let f = tokio::task::block_in_place(|| {
+                direct_chat(&engine, threads, tokens, &system, None)
             })?;
-            let h = modhost_chat(&server, tokens, Duration::from_millis(250)).await?;
+            let r = tokio::task::block_in_place(|| {
+                direct_chat(&engine, threads, tokens, &system, Some(&mut kept))
+            })?;
+            let h = modhost_chat(&server, tokens, &system, Duration::from_millis(250)).await?;
             if round > 0 {
                 // Round 0 warms caches and page-ins up.
                 f_out.push(f);
