@@ -124,7 +124,7 @@ impl Inner {
         while self.history.len() > FINISHED_KEPT {
             self.history.pop_front();
         }
-        let free = self.capacity.slots.max(1).saturating_sub(self.running());
+        let free = self.capacity.slots.saturating_sub(self.running());
         for entry in self
             .live
             .iter_mut()

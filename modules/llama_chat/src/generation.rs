@@ -185,12 +185,6 @@ impl PreparedChat {
     pub fn prompt_tokens(&self) -> u32 {
         self.tokens.len() as u32
     }
-
-    /// Most tokens the reply may have.
-    #[must_use]
-    pub fn max_tokens(&self) -> u32 {
-        self.max_tokens
-    }
 }
 
 /// A chat's generation: read its events, cancel it. Dropping it stops it.

@@ -179,11 +179,11 @@ struct Slot {
     active: Option<Sequence>,
 }
 
-/// Tokens a step added for one slot, committed to its cache once decoded.
+/// What a step added for one slot, committed to its cache once decoded:
+/// the token it generated last, or its next `prompt` prompt tokens.
 struct Added {
     slot: usize,
-    tokens: Vec<LlamaToken>,
-    /// How many of them are prompt tokens.
+    generated: Option<LlamaToken>,
     prompt: usize,
 }
 
@@ -283,10 +283,17 @@ impl<'m> DecodeLoop<'m> {
         let now = Instant::now();
         for a in added {
             let slot = &mut self.slots[a.slot];
-            slot.cached.extend_from_slice(&a.tokens);
-            if let Some(seq) = slot.active.as_mut() {
+            let Some(seq) = slot.active.as_mut() else {
+                continue;
+            };
+            if let Some(token) = a.generated {
+                slot.cached.push(token);
+            } else {
+                let done = seq.prompt_done;
+                slot.cached
+                    .extend_from_slice(&seq.chat.tokens[done..done + a.prompt]);
                 seq.prompt_done += a.prompt;
-                if a.prompt > 0 && seq.prompt_done == seq.chat.tokens.len() {
+                if seq.prompt_done == seq.chat.tokens.len() {
                     seq.prompt_end = Some(now);
                 }
             }
@@ -310,6 +317,9 @@ impl<'m> DecodeLoop<'m> {
             if cancelled {
                 self.finish(i, FinishReason::Cancelled);
             }
+        }
+        if !self.pending.iter().any(|a| a.sink.is_cancelled()) {
+            return;
         }
         let (cancelled, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
             .into_iter()
@@ -401,7 +411,7 @@ impl<'m> DecodeLoop<'m> {
             seq.logits_at = Some(self.batch.n_tokens() - 1);
             added.push(Added {
                 slot: i,
-                tokens: vec![token],
+                generated: Some(token),
                 prompt: 0,
             });
         }
@@ -428,7 +438,7 @@ impl<'m> DecodeLoop<'m> {
             }
             added.push(Added {
                 slot: i,
-                tokens: chunk.to_vec(),
+                generated: None,
                 prompt: chunk.len(),
             });
         }

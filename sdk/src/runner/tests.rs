@@ -229,6 +229,10 @@ fn long_command_runs_in_background_until_completed() {
     assert_eq!(r["success"], false);
     assert_eq!(r["commandId"], "c1");
     assert_eq!(r["error"], "A long running command is already in progress");
+    assert_eq!(
+        r["errorCode"], "queue_full",
+        "the server answers it as a full queue"
+    );
 
     // Running: published fields appear once the thread published them.
     let status = |engine: &Arc<Engine<TestModule>>| {

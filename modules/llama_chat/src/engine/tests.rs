@@ -402,8 +402,9 @@ fn cancelling_one_chat_leaves_the_other_three_running_to_the_end() {
 #[test]
 fn a_chat_beyond_the_slots_waits_and_then_runs() {
     let m = load_demo(&DemoModelSpec::tiny(), None, 2);
+    // As long as the context allows: they end only when cancelled or dropped.
     let running: Vec<Generation> = (1..=2)
-        .map(|seed| m.engine.start(req(400, 1.0, seed)).unwrap())
+        .map(|seed| m.engine.start(req(0, 1.0, seed)).unwrap())
         .collect();
     first_pieces(&running);
     let third = m.engine.start(req(5, 1.0, 3)).unwrap();
@@ -472,15 +473,26 @@ fn a_follow_up_turn_reuses_the_cache_and_replies_as_without_it() {
 /// on every run so far. Printed, not asserted.
 #[test]
 fn a_greedy_reply_alone_and_beside_other_chats() {
-    let m = load_demo(&DemoModelSpec::tiny(), None, 4);
     let greedy = || req(60, 0.0, 1);
-    let (alone, _) = m.engine.start(greedy()).unwrap().wait().unwrap();
+    // Alone, on an engine of its own, so that no cache is shared below.
+    let single = load_demo(&DemoModelSpec::tiny(), None, 1);
+    let (alone, _) = single.engine.start(greedy()).unwrap().wait().unwrap();
+    let m = load_demo(&DemoModelSpec::tiny(), None, 4);
+    // Other prompts, as long as the context allows: still running when the
+    // greedy one ends.
     let others: Vec<Generation> = (2..=4)
-        .map(|seed| m.engine.start(req(200, 1.0, seed)).unwrap())
+        .map(|seed| {
+            let other = ChatRequest {
+                prompt: format!("Chat {seed}: tell me about the sea."),
+                ..req(0, 1.0, seed)
+            };
+            m.engine.start(other).unwrap()
+        })
         .collect();
     first_pieces(&others);
     let (beside, s) = m.engine.start(greedy()).unwrap().wait().unwrap();
     assert_eq!(s.completion_tokens, 60);
+    assert!(s.cached_tokens < 5, "beside came from the cache: {s:?}");
     assert_eq!(
         m.engine.load().busy_slots,
         3,
