@@ -54,6 +54,10 @@
  *     POST /v1/server/settings/{moduleId}, urlencoded: AutoStart=true starts
  *     a module, AutoStart=false stops it, Restart restarts it. Rejects like get().
  *
+ *   modhost.runSkill(name, inputJson) -> Promise<{output, jobId}>
+ *     POST /v1/skills/{namespace}/{name}/run with the JSON text: the skill's
+ *     output; rejects with the server's error (400, 404, 500, 503).
+ *
  *   modhost.cancelJob(jobId) -> Promise<object>
  *     POST /v1/jobs/{jobId}/cancel: stops a running job. Rejects like get().
  *
@@ -297,6 +301,12 @@
     return strict(await request('POST', `jobs/${encodeURIComponent(jobId)}/cancel`, undefined, 15000));
   }
 
+  async function runSkill(name, inputJson) {
+    const { res, json } = await request('POST', `skills/${name}/run`, inputJson, 15 * 60 * 1000);
+    if (!res.ok) throw new ApiError(json.error || `HTTP ${res.status}`, res.status, json);
+    return { output: json, jobId: res.headers.get('X-Job-Id') };
+  }
+
   async function get(path, { timeoutMs = 15000 } = {}) {
     return strict(await request('GET', path, undefined, timeoutMs));
   }
@@ -356,7 +366,7 @@
   const modhost = {
     base: scriptOrigin,
     apiKey: storedKey(),
-    ApiError, get, postForm, runLongCommand, setting, cancelJob,
+    ApiError, get, postForm, runLongCommand, setting, cancelJob, runSkill,
     text, el, uiKey, ago, bytes, duration, sleep,
   };
   window.modhost = modhost;

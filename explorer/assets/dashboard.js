@@ -192,15 +192,35 @@
     }
     $('no-modules').hidden = statuses.length > 0;
     updateFilter(statuses);
-    updateJobs(statuses);
+    // Skill runs are jobs of no module: the jobs API lists them.
+    const skillJobs = ((await modhost.get('jobs?status=running')).jobs || [])
+      .filter(j => String(j.moduleId).startsWith('skill:'))
+      .map(j => ({ id: j.id, module: j.moduleId, status: j.status, createdAt: j.createdAt, chars: j.reply.length }));
+    updateJobs(statuses, skillJobs);
+  }
+
+  // ---- skills ------------------------------------------------------------
+
+  async function refreshSkills() {
+    const s = await modhost.get('skills/status');
+    const rowsNow = (s.skills || []).map(k => el('tr', { 'data-skill': k.name },
+      el('td', {}, k.name), el('td', { class: 'num' }, modhost.bytes(k.bytes)),
+      el('td', { class: 'muted' }, k.path),
+      el('td', { class: 'actions' }, el('a', { href: '/explorer.html#Skills' }, 'Try'))));
+    $('skills').replaceChildren(...rowsNow);
+    const l = s.limits || {};
+    text('skills-about', `${rowsNow.length ? '' : 'No skill is deployed. '}Skills are read from ${(s.folders || []).join(', ')}` +
+      ` ({namespace}/{name}.wasm, pharia:skill ${s.witVersion}); each call may use ${l.cpuSeconds} s of CPU,` +
+      ` ${l.memoryMiB} MiB of memory; ${l.instances} run at once.`);
   }
 
   // ---- running jobs --------------------------------------------------------
 
   const jobRows = new Map();     // job id -> {tr, age, progress, cancel}
 
-  function updateJobs(statuses) {
-    const running = statuses.flatMap(m => (m.runningJobs || []).map(j => ({ ...j, module: m.name })));
+  function updateJobs(statuses, others) {
+    const running = statuses.flatMap(m => (m.runningJobs || []).map(j => ({ ...j, module: m.name })))
+      .concat(others);
     const seen = new Set();
     for (const job of running) {
       seen.add(job.id);
@@ -291,7 +311,7 @@
 
   refreshVersion().catch(() => {});
   every(POLL_MS, async () => {
-    const results = await Promise.allSettled([refreshModules(), refreshSystem()]);
+    const results = await Promise.allSettled([refreshModules(), refreshSystem(), refreshSkills()]);
     setConnected(results.some(r => r.status === 'fulfilled'));
   });
   every(LOG_POLL_MS, pollLog);

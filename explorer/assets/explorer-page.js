@@ -171,6 +171,71 @@
     }
   }
 
+  // ---- skills ------------------------------------------------------------
+
+  // One form for every WebAssembly skill (skills/README.md): pick one, see
+  // its description and input schema, send JSON, read its JSON output.
+  let skillForm = null;
+  function showSkills(names) {
+    if (!names.length && !skillForm) return;
+    if (!skillForm) {
+      const { panel } = categoryPanel('Skills');
+      const f = {
+        select: el('select', { id: 'skill-name', onchange: () => describeSkill() }),
+        about: el('p', { class: 'muted', id: 'skill-about' }),
+        input: el('textarea', { id: 'skill-input', rows: 6, spellcheck: 'false' }, '{}'),
+        run: el('button', { type: 'button', id: 'skill-run', onclick: () => runSkill() }, 'Run'),
+        status: el('p', { id: 'skill-status', role: 'status' }),
+        output: el('pre', { id: 'skill-output', class: 'output' }),
+      };
+      panel.append(el('section', { class: 'module-ui', 'data-skills': '' },
+        el('header', {}, el('h2', {}, 'Skills'),
+          el('span', { class: 'muted' }, 'WebAssembly components of pharia:skill 0.3')),
+        el('label', {}, 'Skill ', f.select), f.about,
+        el('label', { class: 'block' }, 'Input (JSON)', f.input),
+        f.run, f.status, f.output));
+      skillForm = f;
+    }
+    const f = skillForm;
+    const current = [...f.select.options].map(o => o.value);
+    if (current.join('\n') !== names.join('\n')) {
+      const chosen = f.select.value;
+      f.select.replaceChildren(...names.map(n => el('option', { value: n }, n)));
+      if (names.includes(chosen)) f.select.value = chosen;
+      describeSkill();
+    }
+  }
+
+  async function describeSkill() {
+    const f = skillForm;
+    const name = f.select.value;
+    if (!name) { text(f.about, 'No skill is deployed.'); return; }
+    try {
+      const meta = await modhost.get(`skills/${name}/metadata`);
+      const schema = meta.input_schema ? ` — input schema: ${JSON.stringify(meta.input_schema)}` : '';
+      text(f.about, `${meta.description || 'No description.'}${schema}`);
+    } catch (err) {
+      text(f.about, `metadata: ${err.message}`);
+    }
+  }
+
+  async function runSkill() {
+    const f = skillForm;
+    f.run.disabled = true;
+    text(f.status, `running ${f.select.value}…`);
+    text(f.output, '');
+    const started = performance.now();
+    try {
+      const { output, jobId } = await modhost.runSkill(f.select.value, f.input.value);
+      text(f.status, `done in ${Math.round(performance.now() - started)} ms (job ${jobId})`);
+      text(f.output, JSON.stringify(output, null, 2));
+    } catch (err) {
+      text(f.status, `failed: ${err.message}`);
+    } finally {
+      f.run.disabled = false;
+    }
+  }
+
   // ---- errors of module UIs ---------------------------------------------
 
   // An error thrown by a module UI's script (at once or later, in a click
@@ -230,7 +295,10 @@
       section.classList.toggle('not-running', !up);
       section.querySelector('[data-role="not-running"]').hidden = up;
     }
-    $('empty').hidden = ids.size > 0;
+    try {
+      showSkills(await modhost.get('skills'));
+    } catch { /* the server answers the modules; skills show on the next refresh */ }
+    $('empty').hidden = ids.size > 0 || Boolean(skillForm);
     // The first tab is shown at first; the one named in the URL as soon as
     // it exists, unless the user has picked one meanwhile.
     if (!userChose && categories.has(wanted) && selected !== wanted) select(wanted, false);

@@ -400,7 +400,7 @@ pub struct RouteMap {
 }
 
 /// A generation API a route implements (`RouteMap::implements`); the wire
-/// names are `chat`, `completion` and `embedding`.
+/// names are `chat`, `completion`, `embedding` and `tokenize`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GenerationApi {
@@ -410,6 +410,9 @@ pub enum GenerationApi {
     Completion,
     /// Texts in, one vector per text out.
     Embedding,
+    /// A text in, the byte offsets where the model's tokens of it start out
+    /// (`offsets`); skills' chunking counts tokens with it.
+    Tokenize,
 }
 
 /// One input or output of a [`RouteMap`].

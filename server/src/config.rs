@@ -143,6 +143,27 @@ pub struct Cli {
     /// Ollama's (11434); it serves the same routes [default: none].
     #[arg(long, env = "MODHOST_OLLAMA_PORT")]
     pub ollama_port: Option<u16>,
+    /// Directories of WebAssembly skills, `{namespace}/{name}.wasm`
+    /// [default: skills]; repeat the flag, or separate with ':' in the
+    /// environment variable.
+    #[arg(
+        long = "skills-dir",
+        env = "MODHOST_SKILLS_DIRS",
+        value_delimiter = ':'
+    )]
+    pub skills_dirs: Vec<PathBuf>,
+    /// Where compiled skills are cached [default: <data-dir>/skill-cache].
+    #[arg(long, env = "MODHOST_SKILL_CACHE_DIR")]
+    pub skill_cache_dir: Option<PathBuf>,
+    /// CPU seconds a skill call may run [default: 60].
+    #[arg(long, env = "MODHOST_SKILL_CPU_SECS")]
+    pub skill_cpu_secs: Option<u64>,
+    /// Memory a skill instance may use, in MiB [default: 256].
+    #[arg(long, env = "MODHOST_SKILL_MEMORY_MIB")]
+    pub skill_memory_mib: Option<usize>,
+    /// Skill instances alive at once, over all skills [default: 16].
+    #[arg(long, env = "MODHOST_SKILL_INSTANCES")]
+    pub skill_instances: Option<usize>,
 }
 
 /// The `[server]`-less flat TOML file; see `modhost.sample.toml`.
@@ -203,6 +224,16 @@ pub struct FileConfig {
     pub keep_jobs_on_disconnect: Option<bool>,
     /// As `--ollama-port`.
     pub ollama_port: Option<u16>,
+    /// As `--skills-dir`, a list.
+    pub skills_dirs: Option<Vec<PathBuf>>,
+    /// As `--skill-cache-dir`.
+    pub skill_cache_dir: Option<PathBuf>,
+    /// As `--skill-cpu-secs`.
+    pub skill_cpu_secs: Option<u64>,
+    /// As `--skill-memory-mib`.
+    pub skill_memory_mib: Option<usize>,
+    /// As `--skill-instances`.
+    pub skill_instances: Option<usize>,
 }
 
 /// Environment variables modules get from the server's environment whatever
@@ -282,6 +313,12 @@ pub struct Config {
     pub keep_jobs_on_disconnect: bool,
     /// A second client port, for clients that assume Ollama's.
     pub ollama_port: Option<u16>,
+    /// Directories of WebAssembly skills, searched in order.
+    pub skills_dirs: Vec<PathBuf>,
+    /// Where compiled skills are cached; `None`: `{data_dir}/skill-cache`.
+    pub skill_cache_dir: Option<PathBuf>,
+    /// Per-call limits of skills.
+    pub skill_limits: modhost_skills::Limits,
 }
 
 /// Why a configuration could not be built.
@@ -336,6 +373,9 @@ impl Default for Config {
             job_poll_interval: Duration::from_millis(250),
             keep_jobs_on_disconnect: false,
             ollama_port: None,
+            skills_dirs: vec![PathBuf::from("skills")],
+            skill_cache_dir: None,
+            skill_limits: modhost_skills::Limits::default(),
         }
     }
 }
@@ -458,6 +498,29 @@ impl Config {
                 .or(file.keep_jobs_on_disconnect)
                 .unwrap_or(false),
             ollama_port: cli.ollama_port.or(file.ollama_port),
+            skills_dirs: if cli.skills_dirs.is_empty() {
+                file.skills_dirs.unwrap_or(defaults.skills_dirs)
+            } else {
+                cli.skills_dirs
+            }
+            .into_iter()
+            .map(absolute)
+            .collect(),
+            skill_cache_dir: cli.skill_cache_dir.or(file.skill_cache_dir).map(absolute),
+            skill_limits: modhost_skills::Limits {
+                cpu_time: cli
+                    .skill_cpu_secs
+                    .or(file.skill_cpu_secs)
+                    .map_or(defaults.skill_limits.cpu_time, Duration::from_secs),
+                memory_bytes: cli
+                    .skill_memory_mib
+                    .or(file.skill_memory_mib)
+                    .map_or(defaults.skill_limits.memory_bytes, |mib| mib << 20),
+                instances: cli
+                    .skill_instances
+                    .or(file.skill_instances)
+                    .unwrap_or(defaults.skill_limits.instances),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -497,6 +560,9 @@ impl Config {
             ("unresponsive_secs", self.unresponsive_after.is_zero()),
             ("max_connections", self.max_connections == 0),
             ("job_poll_ms", self.job_poll_interval.is_zero()),
+            ("skill_cpu_secs", self.skill_limits.cpu_time.is_zero()),
+            ("skill_memory_mib", self.skill_limits.memory_bytes == 0),
+            ("skill_instances", self.skill_limits.instances == 0),
         ] {
             if zero {
                 return Err(ConfigError::Invalid {

@@ -52,6 +52,19 @@ pub enum ApiError {
     /// HTTP 200 and `success:false`.
     #[error("{0}")]
     Command(Failure),
+    /// A skill call failed; its status says who should act (400, 404, 500,
+    /// 503), and `job` names the run's job where one was made.
+    #[error("{error}")]
+    Skill {
+        error: modhost_skills::SkillError,
+        job: Option<String>,
+    },
+}
+
+impl From<modhost_skills::SkillError> for ApiError {
+    fn from(error: modhost_skills::SkillError) -> ApiError {
+        ApiError::Skill { error, job: None }
+    }
 }
 
 impl ApiError {
@@ -94,6 +107,9 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Command(_) => StatusCode::OK,
+            ApiError::Skill { error, .. } => {
+                StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
         }
     }
 
@@ -106,6 +122,15 @@ impl ResponseError for ApiError {
                     response.insert_header(("Retry-After", secs.to_string()));
                 }
                 response.json(failure_json(failure))
+            }
+            ApiError::Skill { error, job } => {
+                let mut body = failure_body(status.as_u16(), &self.to_string());
+                body["errorCode"] = json!(error.code());
+                if let Some(job) = job {
+                    body["jobId"] = json!(job);
+                    response.insert_header(("X-Job-Id", job.as_str()));
+                }
+                response.json(body)
             }
             ApiError::Unauthorized(_) => {
                 response.insert_header(("WWW-Authenticate", "Bearer"));

@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use crate::jobs::{EventKind, Job};
 use crate::payload::RequestValues;
-use crate::registry::{Module, RouteMatch};
+use crate::registry::{Module, Registry, RouteMatch};
 use crate::watcher::Watcher;
 use crate::AppState;
 
@@ -55,6 +55,7 @@ pub fn api_name(api: GenerationApi) -> &'static str {
         GenerationApi::Chat => "chat",
         GenerationApi::Completion => "completions",
         GenerationApi::Embedding => "embeddings",
+        GenerationApi::Tokenize => "tokenize",
     }
 }
 
@@ -73,13 +74,12 @@ pub fn model_name(module: &Module) -> String {
 /// Every route of a module that accepts commands and implements an API, in
 /// module order: the models clients can use now.
 pub fn served(state: &AppState) -> Vec<Served> {
-    routes(state, true)
+    routes(&state.registry, true)
 }
 
 /// Every route that implements an API, of running modules only or of all.
-fn routes(state: &AppState, running_only: bool) -> Vec<Served> {
-    state
-        .registry
+fn routes(registry: &Registry, running_only: bool) -> Vec<Served> {
+    registry
         .modules()
         .iter()
         .filter(|m| !running_only || m.state().status.accepts_commands())
@@ -111,11 +111,11 @@ fn routes(state: &AppState, running_only: bool) -> Vec<Served> {
 /// # Errors
 /// [`ModelError`] when none serves it.
 pub fn resolve(
-    state: &AppState,
+    registry: &Registry,
     api: GenerationApi,
     model: Option<&str>,
 ) -> Result<Served, ModelError> {
-    let mut candidates: Vec<Served> = routes(state, false)
+    let mut candidates: Vec<Served> = routes(registry, false)
         .into_iter()
         .filter(|s| s.api == api)
         .collect();
@@ -353,7 +353,8 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn from_result(result: JsonMap) -> Outcome {
+    /// Reads a generation route's final result.
+    pub fn from_result(result: JsonMap) -> Outcome {
         let number = |key: &str| result.get(key).and_then(Value::as_u64).unwrap_or(0);
         let reason = result
             .get("finish_reason")

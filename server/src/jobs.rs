@@ -197,6 +197,9 @@ pub struct Job {
     version: watch::Sender<u64>,
     /// Watchers now reading the job's events (SSE streams).
     watchers: std::sync::atomic::AtomicUsize,
+    /// A job the server runs itself (a skill run) is cancelled through
+    /// this token rather than by a module.
+    canceller: Option<tokio_util::sync::CancellationToken>,
 }
 
 /// A job as `GET /v1/jobs/{id}` shows it.
@@ -278,6 +281,7 @@ impl Job {
             }),
             version: watch::channel(count).0,
             watchers: Default::default(),
+            canceller: None,
         }
     }
 
@@ -359,6 +363,22 @@ impl Job {
             })
             .collect();
         (out, s.status.is_final())
+    }
+
+    /// The token that cancels a job the server runs itself; `None` for a
+    /// module's job.
+    pub fn canceller(&self) -> Option<&tokio_util::sync::CancellationToken> {
+        self.canceller.as_ref()
+    }
+
+    /// Waits until the job has ended.
+    pub async fn until_final(&self) {
+        let mut changes = self.subscribe();
+        while !self.status().is_final() {
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// A receiver that changes whenever an event is added.
@@ -653,6 +673,39 @@ impl Jobs {
         Arc::clone(inner.jobs.entry(id.to_owned()).or_insert_with(|| {
             Arc::new(Job::new(id.to_owned(), origin, pushes, queued_at, running))
         }))
+    }
+
+    /// Registers a job the server runs itself (a skill run), `running` from
+    /// the start, cancelled through `canceller`.
+    pub fn start_local(
+        &self,
+        id: &str,
+        origin: Origin,
+        canceller: tokio_util::sync::CancellationToken,
+    ) -> Arc<Job> {
+        let mut running = JsonMap::new();
+        running.insert("commandId".into(), id.into());
+        running.insert("commandStatus".into(), "running".into());
+        let mut job = Job::new(id.to_owned(), origin, true, SystemTime::now(), &running);
+        job.canceller = Some(canceller);
+        let job = Arc::new(job);
+        self.inner
+            .lock()
+            .jobs
+            .insert(id.to_owned(), Arc::clone(&job));
+        job
+    }
+
+    /// Ends a job the server runs itself with `result`, or fails it.
+    pub fn end_local(&self, job: &Arc<Job>, result: Result<JsonMap, Failure>) {
+        match result {
+            Ok(done) => job.push(ProgressUpdate {
+                done: Some(done),
+                ..ProgressUpdate::default()
+            }),
+            Err(failure) => job.fail(failure),
+        }
+        self.note_if_finished(job);
     }
 
     /// The job with this id, if known and not expired.

@@ -42,6 +42,7 @@ mod overrides;
 mod payload;
 mod queue;
 mod registry;
+mod skills;
 mod static_files;
 mod supervisor;
 mod system;
@@ -81,6 +82,8 @@ pub struct AppState {
     pub(crate) supervisor: Supervisor,
     pub(crate) system: Arc<SystemMonitor>,
     pub(crate) overrides: Arc<overrides::Overrides>,
+    /// WebAssembly skills and the document index they search.
+    pub(crate) skills: Arc<modhost_skills::Skills>,
     pub(crate) started: Instant,
     /// Cancelled once the modules have stopped at shutdown: ends event
     /// streams and job pollers.
@@ -248,11 +251,14 @@ pub async fn run(
         Arc::clone(&logs),
         modules_stop.clone(),
     );
+    let registry = Arc::new(Registry::new(modules));
+    let skills = start_skills(&config, &registry, &commands, &jobs)?;
     let state = web::Data::new(AppState {
         queues,
         jobs,
         commands,
-        registry: Arc::new(Registry::new(modules)),
+        skills,
+        registry,
         logs: Arc::clone(&logs),
         supervisor,
         system: SystemMonitor::start(shutdown.clone()),
@@ -350,6 +356,42 @@ pub async fn run(
     }
     logs.add(LogLevel::Information, "Server", "", "stopped");
     Ok(())
+}
+
+/// The skills host over `config.skills_dirs`, its CSI answered by the
+/// modules, its document index kept in `{data_dir}/documents`.
+///
+/// # Errors
+/// When the document index cannot be read or the engine cannot start.
+fn start_skills(
+    config: &Config,
+    registry: &Arc<Registry>,
+    commands: &Arc<Commands>,
+    jobs: &Arc<Jobs>,
+) -> anyhow::Result<Arc<modhost_skills::Skills>> {
+    let index = modhost_skills::index::DocumentIndex::open(&config.data_dir.join("documents"))
+        .context("opening the document index")?;
+    let backend = skills::ModuleBackend {
+        registry: Arc::clone(registry),
+        commands: Arc::clone(commands),
+        jobs: Arc::clone(jobs),
+    };
+    let skills = modhost_skills::Skills::new(
+        modhost_skills::SkillsConfig {
+            folders: config.skills_dirs.clone(),
+            cache_dir: Some(
+                config
+                    .skill_cache_dir
+                    .clone()
+                    .unwrap_or_else(|| config.data_dir.join("skill-cache")),
+            ),
+            limits: config.skill_limits,
+        },
+        Arc::new(backend),
+        Arc::new(index),
+    )
+    .context("starting the skills host")?;
+    Ok(Arc::new(skills))
 }
 
 /// The extractor settings both listeners share: body limits and JSON

@@ -10,7 +10,8 @@
 //! - [`ModuleDir`]: a module directory assembled for a test;
 //! - [`python_venv`]: the virtual environment with the official CodeProject.AI
 //!   Python SDK, created on first use;
-//! - [`compat`]: the scenarios every module SDK passes under the server.
+//! - [`compat`]: the scenarios every module SDK passes under the server;
+//! - [`skills`]: the example WebAssembly skills, built once per source hash.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod compat;
+pub mod skills;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;

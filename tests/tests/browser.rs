@@ -845,3 +845,87 @@ async fn the_dashboard_fits_a_phone_and_says_ready() {
     assert_eq!(selected, "Generative AI");
     browser.screenshot("explorer-420px").await;
 }
+
+#[tokio::test]
+async fn skills_show_on_the_dashboard_run_from_the_explorer_and_cancel_as_jobs() {
+    let _turn = TURN.lock().await;
+    let built = modhost_tests::skills::test_skills().unwrap();
+    let root = Server::root().unwrap();
+    let skills = root.path().join("skills/demo");
+    std::fs::create_dir_all(&skills).unwrap();
+    for name in ["noop", "spin"] {
+        std::fs::copy(
+            built.join(format!("{name}.wasm")),
+            skills.join(format!("{name}.wasm")),
+        )
+        .unwrap();
+    }
+    let server = Server::start(root, &["--no-install"]).await.unwrap();
+    let browser = Browser::start().await;
+
+    // The dashboard lists the skills and their limits.
+    browser.client.goto(&server.url("/")).await.unwrap();
+    browser
+        .wait_text(
+            "tr[data-skill=\"demo/noop\"]",
+            Duration::from_secs(10),
+            |t| t.contains("demo/noop"),
+        )
+        .await;
+    let about = browser
+        .wait_text("#skills-about", Duration::from_secs(5), |t| {
+            t.contains("CPU")
+        })
+        .await;
+    assert!(
+        about.contains("60 s of CPU") && about.contains("256 MiB"),
+        "{about}"
+    );
+
+    // A spinning skill's run is a running job there, with a Cancel button.
+    let run = server
+        .http
+        .post(server.url("/v1/skills/demo/spin/run"))
+        .body("{}")
+        .send();
+    let running = tokio::spawn(run);
+    browser
+        .wait_text("#jobs tr td:first-child", Duration::from_secs(10), |t| {
+            t == "skill:demo/spin"
+        })
+        .await;
+    browser.screenshot("dashboard-skills").await;
+    browser
+        .click("#jobs button[data-action=\"cancel-job\"]")
+        .await;
+    let answer = running.await.unwrap().unwrap();
+    assert_eq!(answer.status(), 503);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["errorCode"], "cancelled", "{body}");
+
+    // The explorer's Skills tab runs one with JSON input.
+    browser
+        .client
+        .goto(&server.url("/explorer.html#Skills"))
+        .await
+        .unwrap();
+    browser
+        .wait_text("#skill-about", Duration::from_secs(15), |t| {
+            t.contains("Returns its input")
+        })
+        .await;
+    browser.fill("#skill-input", r#"{"hello": "skills"}"#).await;
+    browser.click("#skill-run").await;
+    let status = browser
+        .wait_text("#skill-status", Duration::from_secs(15), |t| {
+            t.starts_with("done")
+        })
+        .await;
+    assert!(status.contains("job "), "{status}");
+    let output = browser.text("#skill-output").await.unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&output).unwrap(),
+        json!({"hello": "skills"})
+    );
+    browser.screenshot("explorer-skills").await;
+}

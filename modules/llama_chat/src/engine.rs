@@ -402,6 +402,36 @@ impl Generator for LlamaEngine {
     fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, u32), ChatError> {
         crate::embed::embed(&self.model, texts, self.n_ctx, self.config.threads)
     }
+
+    fn token_starts(&self, text: &str) -> Result<Vec<usize>, ChatError> {
+        let vocab = self.model.vocab();
+        let tokens = vocab.tokenize(text.as_bytes(), false, false);
+        let pieces: Vec<Vec<u8>> = tokens
+            .iter()
+            .map(|&t| vocab.token_to_piece(t, false, None))
+            .collect();
+        Ok(piece_starts(text, &pieces))
+    }
+}
+
+/// Where each piece starts in `text`, the pieces being the detokenized
+/// tokens of it in order. SentencePiece vocabularies add a space before the
+/// first word that the text does not have; the offsets are shifted back by
+/// it, and clamped to the text.
+fn piece_starts(text: &str, pieces: &[Vec<u8>]) -> Vec<usize> {
+    let total: usize = pieces.iter().map(Vec::len).sum();
+    let added = total.saturating_sub(text.len()).min(usize::from(
+        pieces.first().is_some_and(|p| p.first() == Some(&b' ')) && !text.starts_with(' '),
+    ));
+    let mut at = 0usize;
+    pieces
+        .iter()
+        .map(|piece| {
+            let start = at.saturating_sub(added).min(text.len());
+            at += piece.len();
+            start
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -414,4 +414,14 @@ pub trait Generator: Send + Sync {
             "this generator makes no embeddings".into(),
         ))
     }
+
+    /// The byte offsets in `text` where the model's tokens of it start,
+    /// ascending (no BOS, special-token text read as text).
+    ///
+    /// # Errors
+    /// [`ChatError::Engine`] when this generator has no tokenizer.
+    fn token_starts(&self, text: &str) -> Result<Vec<usize>, ChatError> {
+        let _ = text;
+        Err(ChatError::Engine("this generator has no tokenizer".into()))
+    }
 }

@@ -1,6 +1,6 @@
 //! The LlamaChat module on `modhost-sdk`: the `prompt` command of route
 //! `text/chat` (and `complete` of `text/complete`) as long-running commands,
-//! `embed` of `text/embed` as a plain one.
+//! `embed` of `text/embed` and `tokenize` of `text/tokenize` as plain ones.
 //!
 //! A chat is read ([`crate::request`]) and prepared at once (bad values, a
 //! prompt longer than the context or `max_tokens` beyond it are answered
@@ -35,6 +35,10 @@ pub const CHAT_COMMAND: &str = "prompt";
 /// The command of route `text/embed`: `input`, a JSON array of texts, to
 /// unit-length pooled embeddings.
 pub const EMBED_COMMAND: &str = "embed";
+
+/// The command of route `text/tokenize`: `text` to the byte offsets where
+/// the model's tokens of it start (skills' chunking counts tokens with it).
+pub const TOKENIZE_COMMAND: &str = "tokenize";
 
 /// Chats that may wait for a slot when `CPAI_MODULE_LLAMA_QUEUE` is not set.
 pub const DEFAULT_QUEUE: u32 = 16;
@@ -135,6 +139,24 @@ impl LlamaChat {
             "success": true,
             "embeddings": vectors,
             "prompt_tokens": tokens,
+            "model": generator.model_name(),
+        }))))
+    }
+}
+
+impl LlamaChat {
+    /// `{"offsets": [byte offset of each token], "tokens", "model"}` for
+    /// `text`.
+    fn tokenize(&self, request: &RequestData) -> Result<Outcome, ModuleError> {
+        let text = request.string("text")?;
+        let generator = self.generator()?;
+        let offsets = generator
+            .token_starts(&text)
+            .map_err(|e| ModuleError::new(e.to_string()))?;
+        Ok(Outcome::Done(json_object(json!({
+            "success": true,
+            "tokens": offsets.len(),
+            "offsets": offsets,
             "model": generator.model_name(),
         }))))
     }
@@ -262,9 +284,11 @@ impl ModuleRunner for LlamaChat {
         match request.command() {
             CHAT_COMMAND | COMPLETE_COMMAND => self.chat(request),
             EMBED_COMMAND => self.embed(request),
+            TOKENIZE_COMMAND => self.tokenize(request),
             other => Err(ModuleError::new(format!(
-                "unknown command '{other}': LlamaChat handles '{CHAT_COMMAND}' (route text/chat) \
-                 '{COMPLETE_COMMAND}' (route text/complete) and '{EMBED_COMMAND}' (route text/embed)"
+                "unknown command '{other}': LlamaChat handles '{CHAT_COMMAND}' (route text/chat), \
+                 '{COMPLETE_COMMAND}' (route text/complete), '{EMBED_COMMAND}' (route text/embed) \
+                 and '{TOKENIZE_COMMAND}' (route text/tokenize)"
             ))),
         }
     }

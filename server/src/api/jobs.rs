@@ -84,6 +84,19 @@ async fn cancel(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let job = known_job(&state, &path)?;
+    if let Some(canceller) = job.canceller() {
+        // A job the server runs itself (a skill run) stops at its next tick.
+        let finished = job.status().is_final();
+        if !finished {
+            job.cancel_requested();
+            canceller.cancel();
+        }
+        return Ok(HttpResponse::Ok().json(envelope(json!({
+            "commandId": job.id,
+            "canceled": !finished,
+            "message": if finished { "The command had already finished" } else { "The command is being cancelled" },
+        }))));
+    }
     let module = job_module(&state, &job)?;
     let reply = state.commands.cancel(&module, Some(&job.id)).await?;
     Ok(HttpResponse::Ok().json(reply))

@@ -11,18 +11,22 @@
 //! - `openai`, `ollama`: the OpenAI- and Ollama-compatible APIs over the
 //!   modules' generation routes (`crate::generation`); Ollama's sit under
 //!   `/api`, outside `/v1`;
+//! - `skills`, `documents`: WebAssembly skills and the document index they
+//!   search (crate `modhost-skills`);
 //! - `client`: the catch-all `POST /v1/{route}` that turns requests into commands.
 //!
 //! Order matters: the specific routes are registered before the catch-all, so
 //! they take precedence over a module route of the same path.
 
 mod client;
+mod documents;
 mod info;
 mod jobs;
 mod module_side;
 pub(crate) mod ollama;
 pub(crate) mod openai;
 mod settings;
+mod skills;
 
 use actix_web::web;
 
@@ -35,6 +39,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(settings::configure)
             .configure(jobs::configure)
             .configure(openai::configure)
+            .configure(skills::configure)
+            .configure(documents::configure)
             .configure(client::configure),
     );
 }

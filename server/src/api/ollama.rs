@@ -227,8 +227,11 @@ async fn chat(
         Some(Value::Array(m)) if !m.is_empty() => Value::Array(m.clone()),
         Some(Value::Array(_)) | None => {
             // Ollama loads the model for an empty chat and answers done.
-            let served =
-                generation::resolve(&state, GenerationApi::Chat, request.model.as_deref())?;
+            let served = generation::resolve(
+                &state.registry,
+                GenerationApi::Chat,
+                request.model.as_deref(),
+            )?;
             return Ok(HttpResponse::Ok().json(json!({
                 "model": served.model, "created_at": now_rfc3339(),
                 "message": {"role": "assistant", "content": ""}, "done_reason": "load", "done": true,
@@ -240,7 +243,11 @@ async fn chat(
             ))
         }
     };
-    let served = generation::resolve(&state, GenerationApi::Chat, request.model.as_deref())?;
+    let served = generation::resolve(
+        &state.registry,
+        GenerationApi::Chat,
+        request.model.as_deref(),
+    )?;
     let values = generation::values(
         &[("messages", messages.to_string())],
         &request.options.sampling(),
@@ -270,7 +277,7 @@ async fn generate(
     } else {
         GenerationApi::Chat
     };
-    let served = generation::resolve(&state, api, request.model.as_deref())?;
+    let served = generation::resolve(&state.registry, api, request.model.as_deref())?;
     let prompt = request.prompt.clone().unwrap_or_default();
     if prompt.is_empty() {
         return Ok(HttpResponse::Ok().json(json!({
@@ -398,7 +405,11 @@ async fn embed(
     let request: EmbedRequest = parse(&body)?;
     let input = generation::embedding_input(request.input).map_err(OllamaError::bad)?;
     let begun = std::time::Instant::now();
-    let served = generation::resolve(&state, GenerationApi::Embedding, request.model.as_deref())?;
+    let served = generation::resolve(
+        &state.registry,
+        GenerationApi::Embedding,
+        request.model.as_deref(),
+    )?;
     let values = generation::values(&[("input", input)], &Sampling::default());
     let outcome =
         generation::finish(generation::start(&state, &req, &served, values).await?).await?;
@@ -494,9 +505,10 @@ async fn show(state: web::Data<AppState>, body: Bytes) -> Result<HttpResponse, O
     };
     let capabilities: Vec<&str> = mine
         .iter()
-        .map(|s| match s.api {
-            GenerationApi::Chat | GenerationApi::Completion => "completion",
-            GenerationApi::Embedding => "embedding",
+        .filter_map(|s| match s.api {
+            GenerationApi::Chat | GenerationApi::Completion => Some("completion"),
+            GenerationApi::Embedding => Some("embedding"),
+            GenerationApi::Tokenize => None,
         })
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()

@@ -251,7 +251,11 @@ async fn chat(
         }
     };
     let sampling = request.sampling()?;
-    let served = generation::resolve(&state, GenerationApi::Chat, request.model.as_deref())?;
+    let served = generation::resolve(
+        &state.registry,
+        GenerationApi::Chat,
+        request.model.as_deref(),
+    )?;
     let values = generation::values(&[("messages", messages.to_string())], &sampling);
     generate(&state, &req, &served, values, &request, Kind::Chat).await
 }
@@ -282,7 +286,11 @@ async fn completions(
         }
     };
     let sampling = request.sampling()?;
-    let served = generation::resolve(&state, GenerationApi::Completion, request.model.as_deref())?;
+    let served = generation::resolve(
+        &state.registry,
+        GenerationApi::Completion,
+        request.model.as_deref(),
+    )?;
     let values = generation::values(&[("prompt", prompt)], &sampling);
     generate(&state, &req, &served, values, &request, Kind::Completion).await
 }
@@ -479,7 +487,11 @@ async fn embeddings(
     let request: EmbeddingRequest = parse(&body)?;
     let input = generation::embedding_input(request.input)
         .map_err(|why| OpenAiError::invalid(why, Some("input")))?;
-    let served = generation::resolve(&state, GenerationApi::Embedding, request.model.as_deref())?;
+    let served = generation::resolve(
+        &state.registry,
+        GenerationApi::Embedding,
+        request.model.as_deref(),
+    )?;
     let values = generation::values(&[("input", input)], &Sampling::default());
     let started = generation::start(&state, &req, &served, values).await?;
     let outcome = generation::finish(started).await?;

@@ -508,3 +508,24 @@ fn a_greedy_reply_alone_and_beside_other_chats() {
     );
     drop(others);
 }
+
+#[test]
+fn token_starts_are_where_the_models_tokens_begin_in_the_text() {
+    let text = "The stars shine over the quiet sea tonight.";
+    let starts = TINY.engine.token_starts(text).unwrap();
+    assert!(starts.len() >= 8, "{starts:?}");
+    assert_eq!(starts[0], 0);
+    // Ascending; the space SentencePiece adds before the text may be a
+    // token of its own, at 0 too.
+    assert!(starts.windows(2).all(|w| w[0] <= w[1]), "{starts:?}");
+    assert!(*starts.last().unwrap() < text.len());
+    // Each word starts a token (SentencePiece puts the space before it in
+    // the word's token): every word begins at or just after a start.
+    for (at, _) in text.match_indices(' ') {
+        assert!(
+            starts.contains(&at) || starts.contains(&(at + 1)),
+            "{at} in {starts:?}"
+        );
+    }
+    assert!(TINY.engine.token_starts("").unwrap().is_empty());
+}
