@@ -4,8 +4,8 @@
 //! Routes fall in four classes:
 //! - **module** routes (`/v1/queue/…`, `POST /v1/log`): authenticated by the
 //!   module's launch token in their handlers, never by the client key;
-//! - **admin** routes (`POST /v1/server/settings/…`, `POST /v1/jobs/{id}/cancel`):
-//!   change what runs. They need the API key when one is set; without a key
+//! - **admin** routes (`POST /v1/server/settings/…`, `POST /v1/jobs/{id}/cancel`,
+//!   `PUT` and `DELETE /v1/documents/…`): change what runs, or stored data. They need the API key when one is set; without a key
 //!   they are served to this machine only. Requests from a browser page of
 //!   another origin are refused unless the origin is allowed, so that a page
 //!   the user visits cannot stop modules with a form POST;
@@ -55,7 +55,12 @@ pub fn classify(method: &Method, path: &str) -> RouteClass {
     let admin = (method == Method::POST || method == Method::OPTIONS)
         && (api.starts_with("server/settings")
             || (api.starts_with("jobs/") && api.ends_with("/cancel")));
-    if admin {
+    // Writing the document index changes what every skill reads.
+    let writes_documents = api.starts_with("documents/")
+        && (method == Method::PUT
+            || method == Method::DELETE
+            || (method == Method::OPTIONS && !api.ends_with("/search")));
+    if admin || writes_documents {
         RouteClass::Admin
     } else {
         RouteClass::Client
@@ -311,6 +316,18 @@ mod tests {
             RouteClass::Admin
         );
         assert_eq!(classify(&post, "/v1/text/chat"), RouteClass::Client);
+        let put = Method::PUT;
+        assert_eq!(classify(&put, "/v1/documents/a/b/c"), RouteClass::Admin);
+        assert_eq!(
+            classify(&Method::DELETE, "/v1/documents/a/b/c"),
+            RouteClass::Admin
+        );
+        assert_eq!(classify(&get, "/v1/documents/a/b/c"), RouteClass::Client);
+        assert_eq!(
+            classify(&post, "/v1/documents/a/b/search"),
+            RouteClass::Client
+        );
+        assert_eq!(classify(&post, "/v1/skills/a/b/run"), RouteClass::Client);
         assert_eq!(classify(&get, "/"), RouteClass::WebUi);
         assert_eq!(classify(&get, "/assets/api.js"), RouteClass::WebUi);
     }

@@ -362,7 +362,7 @@ pub async fn run(
 /// modules, its document index kept in `{data_dir}/documents`.
 ///
 /// # Errors
-/// When the document index cannot be read or the engine cannot start.
+/// When the document index cannot be read.
 fn start_skills(
     config: &Config,
     registry: &Arc<Registry>,
@@ -389,8 +389,7 @@ fn start_skills(
         },
         Arc::new(backend),
         Arc::new(index),
-    )
-    .context("starting the skills host")?;
+    );
     Ok(Arc::new(skills))
 }
 

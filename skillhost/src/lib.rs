@@ -31,7 +31,7 @@ mod bindings {
 }
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -75,26 +75,38 @@ pub struct Metadata {
 /// The skills host.
 pub struct Skills {
     catalog: Catalog,
-    sandbox: Sandbox,
+    limits: Limits,
+    /// Made at the first call, so that a server without skills does not
+    /// carry the engine (its compiler, the WASI linker, the epoch thread).
+    sandbox: OnceLock<Result<Sandbox, String>>,
     csi: Arc<Csi>,
 }
 
 impl Skills {
     /// A host for the skills in `config.folders`, answering CSI calls with
-    /// `backend` and `index`.
-    ///
-    /// # Errors
-    /// When the engine cannot be set up on this machine.
+    /// `backend` and `index`. The engine starts at the first call.
     pub fn new(
         config: SkillsConfig,
         backend: Arc<dyn Backend>,
         index: Arc<DocumentIndex>,
-    ) -> anyhow::Result<Skills> {
-        Ok(Skills {
+    ) -> Skills {
+        Skills {
             catalog: Catalog::new(config.folders, config.cache_dir),
-            sandbox: Sandbox::new(config.limits)?,
+            limits: config.limits,
+            sandbox: OnceLock::new(),
             csi: Arc::new(Csi { backend, index }),
-        })
+        }
+    }
+
+    /// The sandbox, started on first use.
+    ///
+    /// # Errors
+    /// [`SkillError::Broken`] when the engine cannot start on this machine.
+    fn sandbox(&self) -> Result<&Sandbox, SkillError> {
+        self.sandbox
+            .get_or_init(|| Sandbox::new(self.limits).map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| SkillError::Broken(format!("the WebAssembly engine cannot start: {e}")))
     }
 
     /// Every skill on disk, sorted by name.
@@ -109,7 +121,7 @@ impl Skills {
 
     /// The limits each call runs under.
     pub fn limits(&self) -> Limits {
-        self.sandbox.limits()
+        self.limits
     }
 
     /// The document index skills search.
@@ -130,10 +142,10 @@ impl Skills {
         input: Vec<u8>,
         cancel: &CancellationToken,
     ) -> Result<Value, SkillError> {
-        let loaded = self.catalog.get(&self.sandbox, name).await?;
+        let sandbox = self.sandbox()?;
+        let loaded = self.catalog.get(sandbox, name).await?;
         let grants = namespace_grants(&loaded.found)?;
-        let output = self
-            .sandbox
+        let output = sandbox
             .run(&loaded.pre, Arc::clone(&self.csi), &grants, input, cancel)
             .await?;
         serde_json::from_slice(&output).map_err(|e| {
@@ -150,10 +162,10 @@ impl Skills {
     /// As [`Skills::run`]; [`SkillError::Broken`] when a schema is not
     /// JSON.
     pub async fn metadata(&self, name: &SkillName) -> Result<Metadata, SkillError> {
-        let loaded = self.catalog.get(&self.sandbox, name).await?;
+        let sandbox = self.sandbox()?;
+        let loaded = self.catalog.get(sandbox, name).await?;
         let grants = namespace_grants(&loaded.found)?;
-        let meta = self
-            .sandbox
+        let meta = sandbox
             .metadata(&loaded.pre, Arc::clone(&self.csi), &grants)
             .await?;
         let schema = |what: &str, bytes: &[u8]| -> Result<Value, SkillError> {
