@@ -21,7 +21,8 @@ use modhost_protocol::{Failure, FailureKind, JsonMap, ReplyMeta};
 use modulesettings::{GenerationApi, RouteMap};
 use serde_json::Value;
 
-use crate::jobs::{EventKind, Job};
+use crate::commands::Commands;
+use crate::jobs::{EventKind, Job, Jobs};
 use crate::payload::RequestValues;
 use crate::registry::{Module, Registry, RouteMatch};
 use crate::watcher::Watcher;
@@ -236,46 +237,75 @@ pub enum Started {
 /// watcher cancels the job when the client goes before the end.
 ///
 /// # Errors
-/// The command's [`Failure`], or the module's own error
-/// ([`FailureKind::CommandFailed`]) when it answers `success: false`.
+/// As [`launch`].
 pub async fn start(
     state: &web::Data<AppState>,
     req: &HttpRequest,
     served: &Served,
     values: RequestValues,
 ) -> Result<Started, Failure> {
+    Ok(
+        match launch(&state.commands, &state.jobs, served, values).await? {
+            Launched::Done(reply) => Started::Done(reply),
+            Launched::Job(job) => {
+                let watcher = Watcher::new(
+                    state,
+                    req.clone(),
+                    Arc::clone(&job),
+                    0,
+                    Some(Arc::clone(&served.module)),
+                );
+                Started::Job { job, watcher }
+            }
+        },
+    )
+}
+
+/// A generation command the module has taken.
+pub enum Launched {
+    /// The module answered at once (a plain command): its whole result.
+    Done(JsonMap),
+    /// The module started a long process: its job.
+    Job(Arc<Job>),
+}
+
+/// Runs `served`'s route with `values`, for any caller (an API client, a
+/// skill's CSI call).
+///
+/// # Errors
+/// The command's [`Failure`], or the module's own error
+/// ([`FailureKind::CommandFailed`]) when it answers `success: false`.
+pub async fn launch(
+    commands: &Commands,
+    jobs: &Jobs,
+    served: &Served,
+    values: RequestValues,
+) -> Result<Launched, Failure> {
     let target = RouteMatch {
         module: Arc::clone(&served.module),
         route: Some(served.route.clone()),
         command: served.route.command.clone(),
         url_segments: Vec::new(),
     };
-    let reply = state.commands.run(target, values).await?;
+    let reply = commands.run(target, values).await?;
     let meta = ReplyMeta::read(&reply);
     if !meta.success {
-        let message = reply
-            .get("error")
-            .and_then(Value::as_str)
-            .unwrap_or("the module failed without saying why");
-        return Err(Failure::new(FailureKind::CommandFailed, message));
+        return Err(module_error(&reply));
     }
     let job = meta
         .starts_long_process()
-        .then(|| meta.command_id.as_deref().and_then(|id| state.jobs.get(id)))
+        .then(|| meta.command_id.as_deref().and_then(|id| jobs.get(id)))
         .flatten();
-    Ok(match job {
-        None => Started::Done(reply),
-        Some(job) => {
-            let watcher = Watcher::new(
-                state,
-                req.clone(),
-                Arc::clone(&job),
-                0,
-                Some(Arc::clone(&served.module)),
-            );
-            Started::Job { job, watcher }
-        }
-    })
+    Ok(job.map_or(Launched::Done(reply), Launched::Job))
+}
+
+/// The module's own error in a `success: false` result.
+fn module_error(result: &JsonMap) -> Failure {
+    let message = result
+        .get("error")
+        .and_then(Value::as_str)
+        .unwrap_or("the module failed without saying why");
+    Failure::new(FailureKind::CommandFailed, message)
 }
 
 /// What a job's next event means to a generation API.
@@ -303,13 +333,8 @@ pub async fn next_step(watcher: &mut Watcher) -> Result<Step, Failure> {
             EventKind::Delta { text, .. } if !text.is_empty() => return Ok(Step::Text(text)),
             EventKind::Delta { .. } | EventKind::Status(_) => {}
             EventKind::Done(result) => {
-                let meta = ReplyMeta::read(&result);
-                if !meta.success {
-                    let message = result
-                        .get("error")
-                        .and_then(Value::as_str)
-                        .unwrap_or("the module failed without saying why");
-                    return Err(Failure::new(FailureKind::CommandFailed, message));
+                if !ReplyMeta::read(&result).success {
+                    return Err(module_error(&result));
                 }
                 return Ok(Step::Done(Outcome::from_result(result)));
             }

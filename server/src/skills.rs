@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use modhost_protocol::{Failure, FailureKind, JsonMap, ReplyMeta};
+use modhost_protocol::{Failure, FailureKind, JsonMap};
 use modhost_skills::csi::{Backend, Finish, Generate, Generated, Prompt};
 use modhost_skills::{CsiError, SkillError, SkillName, Skills};
 use modulesettings::GenerationApi;
@@ -14,10 +14,10 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::commands::Commands;
-use crate::generation::{self, Outcome, Sampling};
+use crate::generation::{self, Launched, Outcome, Sampling};
 use crate::jobs::{JobStatus, Jobs};
 use crate::queue::Origin;
-use crate::registry::{Registry, RouteMatch};
+use crate::registry::Registry;
 
 /// The prefix of a skill run's job `moduleId`: `skill:{namespace}/{name}`.
 pub const JOB_MODULE_PREFIX: &str = "skill:";
@@ -58,18 +58,20 @@ impl Backend for ModuleBackend {
         if sampling.max_tokens == Some(0) {
             sampling.max_tokens = Some(1);
         }
+        // Refused rather than ignored: the models here have no penalties.
         let penalties = [
             ("frequency-penalty", request.sampling.frequency_penalty),
             ("presence-penalty", request.sampling.presence_penalty),
         ];
+        if let Some((name, _)) = penalties.iter().find(|(_, p)| p.is_some_and(|p| p != 0.0)) {
+            let refusal = CsiError::Request(format!(
+                "inference: {name} is not supported by modhost's models; leave it unset"
+            ));
+            return Box::pin(async move { Err(refusal) });
+        }
         let values = generation::values(&[content], &sampling);
         let call = self.call(api, request.model, values);
         Box::pin(async move {
-            if let Some((name, _)) = penalties.iter().find(|(_, p)| p.is_some_and(|p| p != 0.0)) {
-                return Err(CsiError::Request(format!(
-                    "inference: {name} is not supported by modhost's models; leave it unset"
-                )));
-            }
             let outcome = Outcome::from_result(call.await?);
             Ok(Generated {
                 text: outcome.text,
@@ -125,32 +127,10 @@ impl ModuleBackend {
         let (commands, jobs) = (Arc::clone(&self.commands), Arc::clone(&self.jobs));
         Box::pin(async move {
             let served = served?;
-            let target = RouteMatch {
-                module: Arc::clone(&served.module),
-                route: Some(served.route.clone()),
-                command: served.route.command.clone(),
-                url_segments: Vec::new(),
-            };
-            let reply = commands
-                .run(target, values)
-                .await
-                .map_err(|f| csi_failure(what, &f))?;
-            let meta = ReplyMeta::read(&reply);
-            if !meta.success {
-                return Err(CsiError::Request(format!(
-                    "{what}: {}",
-                    reply
-                        .get("error")
-                        .and_then(Value::as_str)
-                        .unwrap_or("the module failed without saying why")
-                )));
-            }
-            let job = meta
-                .starts_long_process()
-                .then(|| meta.command_id.as_deref().and_then(|id| jobs.get(id)))
-                .flatten();
-            let Some(job) = job else {
-                return Ok(reply);
+            let job = match generation::launch(&commands, &jobs, &served, values).await {
+                Ok(Launched::Done(result)) => return Ok(result),
+                Ok(Launched::Job(job)) => job,
+                Err(failure) => return Err(csi_failure(what, &failure)),
             };
             job.until_final().await;
             let view = job.view();

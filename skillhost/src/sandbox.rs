@@ -148,11 +148,6 @@ impl Sandbox {
         })
     }
 
-    /// The limits calls run under.
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
     /// Calls the skill's `run` with `input`; its output bytes.
     ///
     /// # Errors

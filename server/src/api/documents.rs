@@ -11,6 +11,8 @@
 //!   "index" (default "bm25"), "max_results" (default 10), "min_score"}`, the
 //!   sections a skill's search would get.
 
+use std::sync::Arc;
+
 use actix_web::{web, HttpRequest, HttpResponse};
 use modhost_skills::index::{Document, DocumentPath, Item, Search, BM25_INDEX};
 use serde::Deserialize;
@@ -97,12 +99,14 @@ async fn put(
         contents,
         metadata: body.metadata,
     };
-    state
-        .skills
-        .index()
-        .put(&path, document)
+    // Saving writes the collection's file: off the async workers.
+    let index = Arc::clone(state.skills.index());
+    let name = path.name.clone();
+    web::block(move || index.put(&path, document))
+        .await
+        .map_err(|e| ApiError::Internal(format!("storing the document: {e}")))?
         .map_err(|e| ApiError::BadRequest(e.0))?;
-    Ok(HttpResponse::Ok().json(envelope(json!({"document": path.name}))))
+    Ok(HttpResponse::Ok().json(envelope(json!({"document": name}))))
 }
 
 async fn get(
@@ -126,10 +130,11 @@ async fn delete(
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let path = document_path(path.into_inner());
-    let removed = state
-        .skills
-        .index()
-        .delete(&path)
+    let index = Arc::clone(state.skills.index());
+    let target = path.clone();
+    let removed = web::block(move || index.delete(&target))
+        .await
+        .map_err(|e| ApiError::Internal(format!("deleting the document: {e}")))?
         .map_err(|e| ApiError::Internal(e.0))?;
     if !removed {
         return Err(no_document(&path));
@@ -163,10 +168,11 @@ async fn search(
         min_score: body.min_score,
         filters: Vec::new(),
     };
-    let hits = state
-        .skills
-        .index()
-        .search(&search)
+    // The first search after a change indexes the collection: CPU work.
+    let index = Arc::clone(state.skills.index());
+    let hits = web::block(move || index.search(&search))
+        .await
+        .map_err(|e| ApiError::Internal(format!("searching: {e}")))?
         .map_err(|e| ApiError::NotFound(e.0))?;
     Ok(HttpResponse::Ok().json(envelope(json!({"results": hits}))))
 }

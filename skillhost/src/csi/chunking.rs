@@ -47,6 +47,25 @@ pub fn chunk(
         .collect())
 }
 
+/// Checks the parameters of a chunk request.
+///
+/// # Errors
+/// [`CsiError::Request`] when `max_tokens` is 0 or `overlap` is not less
+/// than it.
+pub fn check(max_tokens: u32, overlap: u32) -> Result<(), CsiError> {
+    if max_tokens == 0 {
+        return Err(CsiError::Request(
+            "chunking: max-tokens must be at least 1".into(),
+        ));
+    }
+    if overlap >= max_tokens {
+        return Err(CsiError::Request(format!(
+            "chunking: overlap ({overlap}) must be less than max-tokens ({max_tokens})"
+        )));
+    }
+    Ok(())
+}
+
 /// Counts a chunk's tokens from the token offsets of the whole text.
 struct TokenSizer<'a> {
     text: &'a str,

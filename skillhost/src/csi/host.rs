@@ -10,13 +10,15 @@ use std::sync::Arc;
 
 use futures_util::future::try_join_all;
 
-use super::{chunking, language, Finish, Generate, Generated, Prompt, Sampling};
+use super::{chunking, language, Csi, Finish, Generate, Generated, Prompt, Sampling};
 use crate::bindings::pharia::skill::{
     chunking as wit_chunking, document_index as wit_index, inference as wit_inference,
     language as wit_language,
 };
 use crate::error::CsiError;
-use crate::index::{Condition, DocumentPath, FieldFilter, Item, Search, SearchFilter};
+use crate::index::{
+    Condition, DocumentIndex, DocumentPath, FieldFilter, Item, Search, SearchFilter,
+};
 use crate::sandbox::StoreState;
 
 type Result<T> = wasmtime::Result<T>;
@@ -31,24 +33,21 @@ impl wit_inference::Host for StoreState {
         requests: Vec<wit_inference::CompletionRequest>,
     ) -> Result<Vec<wit_inference::Completion>> {
         let csi = Arc::clone(&self.csi);
-        let calls = requests.into_iter().map(|r| {
-            let request = Generate {
-                model: r.model,
-                prompt: Prompt::Text(r.prompt),
-                sampling: Sampling {
-                    max_tokens: r.params.max_tokens,
-                    temperature: r.params.temperature,
-                    top_p: r.params.top_p,
-                    top_k: r.params.top_k,
-                    stop: r.params.stop,
-                    frequency_penalty: r.params.frequency_penalty,
-                    presence_penalty: r.params.presence_penalty,
-                },
-            };
-            csi.backend.generate(request)
+        let calls = requests.into_iter().map(|r| Generate {
+            model: r.model,
+            prompt: Prompt::Text(r.prompt),
+            sampling: Sampling {
+                max_tokens: r.params.max_tokens,
+                temperature: r.params.temperature,
+                top_p: r.params.top_p,
+                top_k: r.params.top_k,
+                stop: r.params.stop,
+                frequency_penalty: r.params.frequency_penalty,
+                presence_penalty: r.params.presence_penalty,
+            },
         });
-        let done = try_join_all(calls).await.map_err(trap)?;
-        Ok(done
+        Ok(generate_all(&csi, calls)
+            .await?
             .into_iter()
             .map(|g| wit_inference::Completion {
                 finish_reason: finish_reason(g.finish),
@@ -70,7 +69,7 @@ impl wit_inference::Host for StoreState {
                 .into_iter()
                 .map(|m| (m.role, m.content))
                 .collect();
-            let request = Generate {
+            Generate {
                 model: r.model,
                 prompt: Prompt::Chat(messages),
                 sampling: Sampling {
@@ -82,11 +81,10 @@ impl wit_inference::Host for StoreState {
                     frequency_penalty: r.params.frequency_penalty,
                     presence_penalty: r.params.presence_penalty,
                 },
-            };
-            csi.backend.generate(request)
+            }
         });
-        let done = try_join_all(calls).await.map_err(trap)?;
-        Ok(done
+        Ok(generate_all(&csi, calls)
+            .await?
             .into_iter()
             .map(|g| wit_inference::ChatResponse {
                 finish_reason: finish_reason(g.finish),
@@ -99,6 +97,17 @@ impl wit_inference::Host for StoreState {
             })
             .collect())
     }
+}
+
+/// Runs the requests of one batched call concurrently; the results in
+/// their order.
+async fn generate_all(
+    csi: &Csi,
+    requests: impl Iterator<Item = Generate>,
+) -> Result<Vec<Generated>> {
+    try_join_all(requests.map(|r| csi.backend.generate(r)))
+        .await
+        .map_err(trap)
 }
 
 fn finish_reason(finish: Finish) -> wit_inference::FinishReason {
@@ -130,7 +139,7 @@ impl wit_chunking::Host for StoreState {
                     overlap,
                 } = r.params;
                 // Parameters first: a bad request costs no tokenizer call.
-                chunking::chunk("", &[], max_tokens, overlap)?;
+                chunking::check(max_tokens, overlap)?;
                 let starts = csi.backend.token_starts(model, r.text.clone()).await?;
                 chunking::chunk(&r.text, &starts, max_tokens, overlap)
             }
@@ -156,39 +165,16 @@ impl wit_index::Host for StoreState {
         &mut self,
         requests: Vec<wit_index::SearchRequest>,
     ) -> Result<Vec<Vec<wit_index::SearchResult>>> {
-        requests
-            .into_iter()
-            .map(|r| {
-                let search = Search {
-                    namespace: r.index_path.namespace.clone(),
-                    collection: r.index_path.collection.clone(),
-                    index: r.index_path.index,
-                    query: r.query,
-                    max_results: r.max_results,
-                    min_score: r.min_score,
-                    filters: r.filters.into_iter().map(search_filter).collect(),
-                };
-                let hits = self
-                    .csi
-                    .index
-                    .search(&search)
-                    .map_err(|e| trap(CsiError::Request(e.0)))?;
-                Ok(hits
-                    .into_iter()
-                    .map(|h| wit_index::SearchResult {
-                        document_path: wit_index::DocumentPath {
-                            namespace: search.namespace.clone(),
-                            collection: search.collection.clone(),
-                            name: h.document,
-                        },
-                        content: h.content,
-                        score: h.score,
-                        start: cursor(h.start),
-                        end: cursor(h.end),
-                    })
-                    .collect())
-            })
-            .collect()
+        // The first search after a change indexes the collection: CPU work,
+        // off the async runtime.
+        let index = Arc::clone(&self.csi.index);
+        let searched = tokio::task::spawn_blocking(move || {
+            requests
+                .into_iter()
+                .map(|r| search_one(&index, r))
+                .collect()
+        });
+        searched.await.map_err(wasmtime::Error::new)?
     }
 
     async fn document_metadata(
@@ -235,6 +221,39 @@ impl wit_index::Host for StoreState {
             })
             .collect()
     }
+}
+
+/// One search request, answered from `index`.
+fn search_one(
+    index: &DocumentIndex,
+    r: wit_index::SearchRequest,
+) -> Result<Vec<wit_index::SearchResult>> {
+    let search = Search {
+        namespace: r.index_path.namespace,
+        collection: r.index_path.collection,
+        index: r.index_path.index,
+        query: r.query,
+        max_results: r.max_results,
+        min_score: r.min_score,
+        filters: r.filters.into_iter().map(search_filter).collect(),
+    };
+    let hits = index
+        .search(&search)
+        .map_err(|e| trap(CsiError::Request(e.0)))?;
+    Ok(hits
+        .into_iter()
+        .map(|h| wit_index::SearchResult {
+            document_path: wit_index::DocumentPath {
+                namespace: search.namespace.clone(),
+                collection: search.collection.clone(),
+                name: h.document,
+            },
+            content: h.content,
+            score: h.score,
+            start: cursor(h.start),
+            end: cursor(h.end),
+        })
+        .collect())
 }
 
 fn path(p: wit_index::DocumentPath) -> DocumentPath {
