@@ -21,13 +21,15 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use common::anchor::{llama_server_binary, llama_server_version, LlamaServer};
 use common::openai::{stream_chat, Run};
 use common::{
-    bench_model, build_release_binaries, llama_chat_server, machine, median, num_cpus, Args,
+    bench_model, build_release_binaries, cpu_by_thread, cpu_used, llama_chat_server, machine,
+    median, num_cpus, Args,
 };
 use serde_json::json;
 
@@ -86,12 +88,24 @@ async fn main() -> Result<()> {
         body
     };
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    // CPU time per thread name of each server (modhost with its module),
+    // summed over the measured rounds.
+    let (mut our_cpu, mut their_cpu) = (CpuTally::default(), CpuTally::default());
+    let server_pid = server.pid().context("modhost's pid")?;
     // Alternating rounds, after a warm-up one, so that both see the same
     // machine conditions.
     for round in 0..=rounds {
+        let before = cpu_by_thread(anchor.pid());
         let a = stream_chat(&http, &anchor_base, &body(true, round)).await?;
-        let m = stream_chat(&http, &server.base, &body(false, round)).await?;
+        let after = cpu_by_thread(anchor.pid());
         if round > 0 {
+            their_cpu.add(&before, &after, a.tokens);
+        }
+        let before = cpu_by_thread(server_pid);
+        let m = stream_chat(&http, &server.base, &body(false, round)).await?;
+        let after = cpu_by_thread(server_pid);
+        if round > 0 {
+            our_cpu.add(&before, &after, m.tokens);
             theirs.push(a);
             ours.push(m);
         }
@@ -123,5 +137,56 @@ async fn main() -> Result<()> {
     println!(
         "(medians of {rounds} alternating rounds after a warm-up; streamed with temperature 0)"
     );
+    // Each round's two runs, a few seconds apart, see the same machine: the
+    // spread of their ratios says how far the medians' ratio can be trusted.
+    let mut ratios: Vec<f64> = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(m, a)| 100.0 * m.decode_tps / a.decode_tps)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "decode ratio round by round: {} %",
+        ratios
+            .iter()
+            .map(|r| format!("{r:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "\nCPU time per streamed token, by process/thread (prompt included; /proc, 10 ms ticks):"
+    );
+    their_cpu.print("llama-server");
+    our_cpu.print("modhost + LlamaChat");
     Ok(())
+}
+
+/// CPU time per thread name over several rounds, and the tokens streamed.
+#[derive(Default)]
+struct CpuTally {
+    used: BTreeMap<String, Duration>,
+    tokens: usize,
+}
+
+impl CpuTally {
+    fn add(
+        &mut self,
+        before: &BTreeMap<String, Duration>,
+        after: &BTreeMap<String, Duration>,
+        tokens: usize,
+    ) {
+        for (name, d) in cpu_used(before, after) {
+            *self.used.entry(name).or_default() += d;
+        }
+        self.tokens += tokens;
+    }
+
+    fn print(&self, what: &str) {
+        let per_token = |d: Duration| d.as_secs_f64() * 1000.0 / self.tokens.max(1) as f64;
+        let total: Duration = self.used.values().sum();
+        println!("- {what}: {:.2} ms in all", per_token(total));
+        for (name, d) in &self.used {
+            println!("  - {name}: {:.3} ms", per_token(*d));
+        }
+    }
 }

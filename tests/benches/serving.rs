@@ -14,8 +14,10 @@
 //! 3. **`get_command_status` while a chat generates** (llama.cpp on one
 //!    thread, the bench model): p50 and p99 for one poller polling back to
 //!    back (5 ms apart), and for 100 concurrent pollers each polling every
-//!    250 ms as CodeProject's explorer does, and every 5 ms (which
-//!    saturates this machine); answered by the server from the job.
+//!    250 ms as CodeProject's explorer does (their first polls spread over
+//!    the 250 ms, as independent clients' are, and all at once, the worst
+//!    case), and every 5 ms (which saturates this machine); answered by the
+//!    server from the job.
 //! 4. **Delivery of a token to an SSE client**: from the moment the module
 //!    published the piece to the moment the client has parsed its `delta`
 //!    event, p50 and p99.
@@ -289,6 +291,16 @@ fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// How pollers' first polls are placed in time.
+#[derive(Clone, Copy, PartialEq)]
+enum Phase {
+    /// All start at once, and so poll in bursts of all of them: the worst case.
+    InStep,
+    /// Spread evenly over one gap, as independent clients (explorer tabs
+    /// opened at different moments) are.
+    Spread,
+}
+
 /// `pollers` clients polling `get_command_status` of job `id`, `gap` apart,
 /// for `duration`; every round trip.
 async fn poll_status(
@@ -296,16 +308,22 @@ async fn poll_status(
     id: &str,
     pollers: usize,
     gap: Duration,
+    phase: Phase,
     duration: Duration,
 ) -> Result<Vec<Duration>> {
     let deadline = Instant::now() + duration;
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..pollers {
+    for i in 0..pollers {
         let http = reqwest::Client::new();
         let url = server.url("/v1/LlamaChat/get_command_status");
         let id = id.to_owned();
+        let offset = match phase {
+            Phase::InStep => Duration::ZERO,
+            Phase::Spread => gap * i as u32 / pollers as u32,
+        };
         tasks.spawn(async move {
             let mut times = Vec::new();
+            tokio::time::sleep(offset).await;
             while Instant::now() < deadline {
                 let sent = Instant::now();
                 let status: serde_json::Value = http
@@ -353,13 +371,23 @@ async fn chat_streaming(quick: bool) -> Result<()> {
     // The first token comes after the prompt is decoded.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let span = Duration::from_secs(if quick { 3 } else { 8 });
-    println!("| `get_command_status` pollers | each polls every | round trips | p50 ms | p99 ms |");
-    println!("|---|---|---|---|---|");
-    for (pollers, gap_ms) in [(1usize, 5u64), (100, 250), (100, 5)] {
+    println!("| `get_command_status` pollers | each polls every | first polls | round trips | p50 ms | p99 ms |");
+    println!("|---|---|---|---|---|---|");
+    for (pollers, gap_ms, phase) in [
+        (1usize, 5u64, Phase::InStep),
+        (100, 250, Phase::Spread),
+        (100, 250, Phase::InStep),
+        (100, 5, Phase::InStep),
+    ] {
         let gap = Duration::from_millis(gap_ms);
-        let times = poll_status(&server, &id, pollers, gap, span).await?;
+        let times = poll_status(&server, &id, pollers, gap, phase, span).await?;
+        let placed = match (pollers, phase) {
+            (1, _) => "",
+            (_, Phase::Spread) => "spread over the gap",
+            (_, Phase::InStep) => "all at once",
+        };
         println!(
-            "| {pollers} | {gap_ms} ms | {} | {:.3} | {:.3} |",
+            "| {pollers} | {gap_ms} ms | {placed} | {} | {:.3} | {:.3} |",
             times.len(),
             ms(percentile(&times, 0.5)),
             ms(percentile(&times, 0.99))

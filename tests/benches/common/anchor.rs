@@ -75,6 +75,11 @@ pub struct LlamaServer {
 }
 
 impl LlamaServer {
+    /// Process id of the server.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts `binary` on `model` with `threads` threads and `slots` slots of
     /// `ctx_per_slot` tokens each (`-c` is the total, split per slot), and
     /// waits until `/health` answers. Its log goes to

@@ -171,3 +171,62 @@ pub async fn llama_chat_server(
         .await?;
     Ok(server)
 }
+
+/// CPU time (user + system) used so far by each thread of process `pid` and
+/// of its descendants, summed per `process/thread` name (`/proc/*/task/*/stat`,
+/// clock ticks of 10 ms on Linux: sum over a run of seconds, not a token).
+pub fn cpu_by_thread(pid: u32) -> std::collections::BTreeMap<String, Duration> {
+    let mut out = std::collections::BTreeMap::new();
+    let tick = 1.0 / (unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64).max(1.0);
+    let mut pids = vec![pid];
+    while let Some(pid) = pids.pop() {
+        let process = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let dir = task.path();
+            if let Ok(children) = std::fs::read_to_string(dir.join("children")) {
+                pids.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+            let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+                continue;
+            };
+            // Fields after the parenthesised name: state is 3rd, utime 14th, stime 15th.
+            let Some((name, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "))
+            else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks: u64 = [11, 12]
+                .iter()
+                .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+                .sum();
+            let key = format!("{}/{}", process.trim(), name);
+            *out.entry(key).or_insert(Duration::ZERO) +=
+                Duration::from_secs_f64(ticks as f64 * tick);
+        }
+    }
+    out
+}
+
+/// What each `process/thread` name used between two [`cpu_by_thread`] readings.
+pub fn cpu_used(
+    before: &std::collections::BTreeMap<String, Duration>,
+    after: &std::collections::BTreeMap<String, Duration>,
+) -> Vec<(String, Duration)> {
+    after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.saturating_sub(before.get(k).copied().unwrap_or_default()),
+            )
+        })
+        .filter(|(_, d)| !d.is_zero())
+        .collect()
+}
