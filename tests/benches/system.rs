@@ -349,21 +349,23 @@ fn direct_chat<'m>(
         batch.add(*token, i as i32, &[0], i + 1 == tokens.len())?;
     }
     ctx.decode(&mut batch)?;
-    let prompt_done = Instant::now();
     let mut sampler =
         LlamaSampler::chain_simple([LlamaSampler::temp(TEMPERATURE), LlamaSampler::dist(SEED)]);
     let vocab = model.vocab();
     let mut piece = Vec::new();
-    let mut ttft = None;
+    let mut first = None;
+    let mut last_token = None;
     let mut last = batch.n_tokens() - 1;
     let mut generated = 0;
     let mut pos = tokens.len() as i32;
     while generated < max_tokens {
         let token = sampler.sample(ctx, last);
-        ttft.get_or_insert_with(|| started.elapsed());
+        let now = Instant::now();
+        first.get_or_insert(now);
         if vocab.is_eog(token) {
             break;
         }
+        last_token = Some(now);
         generated += 1;
         piece.clear();
         vocab.token_to_piece_into(token, &mut piece, false, None);
@@ -376,9 +378,19 @@ fn direct_chat<'m>(
         ctx.decode(&mut batch)?;
         last = 0;
     }
+    // As LlamaChat and llama-server count: the tokens after the first, per
+    // second from the first to the last.
+    let decode = match (first, last_token) {
+        (Some(f), Some(l)) if generated > 1 => l.duration_since(f).as_secs_f64(),
+        _ => 0.0,
+    };
     Ok(ChatRun {
-        tokens_per_second: f64::from(generated) / prompt_done.elapsed().as_secs_f64(),
-        ttft_ms: ms(ttft.unwrap_or_default()),
+        tokens_per_second: if decode > 0.0 {
+            f64::from(generated - 1) / decode
+        } else {
+            0.0
+        },
+        ttft_ms: ms(first.map_or(Duration::ZERO, |f| f.duration_since(started))),
     })
 }
 

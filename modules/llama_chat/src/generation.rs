@@ -72,7 +72,9 @@ pub struct Summary {
     /// Milliseconds from getting a slot to the end: prompt processing plus
     /// generation (not the wait for a slot).
     pub inference_ms: u64,
-    /// Generated tokens per second after the prompt was processed; 0 with no tokens.
+    /// Decode rate: the tokens after the first, per second from the first
+    /// token to the last (the first comes from the prompt's logits; as
+    /// llama-server's `predicted_per_second`); 0 with fewer than 2 tokens.
     pub tokens_per_second: f64,
     /// Milliseconds from getting a slot to the first sampled token; 0 when
     /// none was sampled.

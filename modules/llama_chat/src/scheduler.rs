@@ -293,9 +293,6 @@ impl<'m> DecodeLoop<'m> {
                 slot.cached
                     .extend_from_slice(&seq.chat.tokens[done..done + a.prompt]);
                 seq.prompt_done += a.prompt;
-                if seq.prompt_done == seq.chat.tokens.len() {
-                    seq.prompt_end = Some(now);
-                }
             }
         }
         let mut generated = 0;
@@ -455,11 +452,13 @@ impl<'m> DecodeLoop<'m> {
             return 0;
         };
         let token = seq.sampler.sample(&self.ctx, at);
-        seq.first_token.get_or_insert_with(Instant::now);
+        let now = Instant::now();
+        seq.first_token.get_or_insert(now);
         if self.model.vocab().is_eog(token) {
             self.finish(i, FinishReason::Stop);
             return 0;
         }
+        seq.last_token = Some(now);
         let count = seq.sink.count_token();
         let step = seq.text.push(self.model, token);
         let end = if !seq.sink.piece(step.emit) {

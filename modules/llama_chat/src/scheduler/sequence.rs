@@ -24,8 +24,10 @@ pub(super) struct Sequence {
     /// Where this step's logits for it are in the batch.
     pub logits_at: Option<i32>,
     pub started: Instant,
-    pub prompt_end: Option<Instant>,
+    /// When the first token was sampled (the prompt's logits).
     pub first_token: Option<Instant>,
+    /// When the last token counted into the reply was sampled.
+    pub last_token: Option<Instant>,
 }
 
 impl Sequence {
@@ -41,19 +43,23 @@ impl Sequence {
             next: None,
             logits_at: None,
             started: Instant::now(),
-            prompt_end: None,
             first_token: None,
+            last_token: None,
         }
     }
 
     pub fn summary(&self, finish_reason: FinishReason) -> Summary {
         let completion_tokens = self.sink.tokens_generated();
         let end = Instant::now();
-        let gen_secs = self
-            .prompt_end
-            .map_or(0.0, |t| end.duration_since(t).as_secs_f64());
-        let tokens_per_second = if completion_tokens > 0 && gen_secs > 0.0 {
-            (f64::from(completion_tokens) / gen_secs * 10.0).round() / 10.0
+        // Decode steps per second: the first token comes from the prompt's
+        // logits, each later one from a step of its own (as llama-server's
+        // `predicted_per_second`).
+        let decode_secs = match (self.first_token, self.last_token) {
+            (Some(first), Some(last)) => last.duration_since(first).as_secs_f64(),
+            _ => 0.0,
+        };
+        let tokens_per_second = if completion_tokens > 1 && decode_secs > 0.0 {
+            (f64::from(completion_tokens - 1) / decode_secs * 10.0).round() / 10.0
         } else {
             0.0
         };
