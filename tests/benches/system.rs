@@ -30,6 +30,7 @@ use common::{
     percentile, rss_mib,
 };
 use llama_chat::engine::{backend, EngineConfig, LlamaEngine};
+use llama_chat::generation::decode_rate;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -378,18 +379,9 @@ fn direct_chat<'m>(
         ctx.decode(&mut batch)?;
         last = 0;
     }
-    // As LlamaChat and llama-server count: the tokens after the first, per
-    // second from the first to the last.
-    let decode = match (first, last_token) {
-        (Some(f), Some(l)) if generated > 1 => l.duration_since(f).as_secs_f64(),
-        _ => 0.0,
-    };
     Ok(ChatRun {
-        tokens_per_second: if decode > 0.0 {
-            f64::from(generated - 1) / decode
-        } else {
-            0.0
-        },
+        // Counted as LlamaChat counts its own.
+        tokens_per_second: decode_rate(generated, first, last_token),
         ttft_ms: ms(first.map_or(Duration::ZERO, |f| f.duration_since(started))),
     })
 }

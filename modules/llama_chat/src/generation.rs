@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
@@ -72,15 +72,31 @@ pub struct Summary {
     /// Milliseconds from getting a slot to the end: prompt processing plus
     /// generation (not the wait for a slot).
     pub inference_ms: u64,
-    /// Decode rate: the tokens after the first, per second from the first
-    /// token to the last (the first comes from the prompt's logits; as
-    /// llama-server's `predicted_per_second`); 0 with fewer than 2 tokens.
+    /// [`decode_rate`], to 0.1.
     pub tokens_per_second: f64,
     /// Milliseconds from getting a slot to the first sampled token; 0 when
     /// none was sampled.
     pub time_to_first_token_ms: f64,
     /// The sampler seed used (the request's, or the random one picked).
     pub seed: u32,
+}
+
+/// Decode rate, tokens per second: the `tokens` after the first, over the
+/// time from the `first` token's sampling to the `last` one's (the first
+/// comes from the prompt's logits, each later one from a decode step of its
+/// own), as llama-server's `predicted_per_second` counts. 0 with fewer than
+/// 2 tokens or no time between them.
+#[must_use]
+pub fn decode_rate(tokens: u32, first: Option<Instant>, last: Option<Instant>) -> f64 {
+    let secs = match (first, last) {
+        (Some(first), Some(last)) => last.duration_since(first).as_secs_f64(),
+        _ => 0.0,
+    };
+    if tokens > 1 && secs > 0.0 {
+        f64::from(tokens - 1) / secs
+    } else {
+        0.0
+    }
 }
 
 /// What a generation streams to its reader.
@@ -425,5 +441,21 @@ pub trait Generator: Send + Sync {
     fn token_starts(&self, text: &str) -> Result<Vec<usize>, ChatError> {
         let _ = text;
         Err(ChatError::Engine("this generator has no tokenizer".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_rate_counts_the_steps_after_the_first_token() {
+        let first = Instant::now();
+        let last = first + Duration::from_secs(2);
+        // 5 tokens: the first from the prompt, 4 decode steps in 2 s.
+        assert_eq!(decode_rate(5, Some(first), Some(last)), 2.0);
+        assert_eq!(decode_rate(1, Some(first), Some(first)), 0.0);
+        assert_eq!(decode_rate(0, None, None), 0.0);
+        assert_eq!(decode_rate(3, Some(first), None), 0.0);
     }
 }

@@ -16,30 +16,21 @@ use crate::error::CsiError;
 /// model's tokens of `text` start, ascending.
 ///
 /// # Errors
-/// [`CsiError::Request`] when `max_tokens` is 0 or `overlap` is not less
-/// than it.
+/// As [`check`].
 pub fn chunk(
     text: &str,
     token_starts: &[usize],
     max_tokens: u32,
     overlap: u32,
 ) -> Result<Vec<String>, CsiError> {
-    if max_tokens == 0 {
-        return Err(CsiError::Request(
-            "chunking: max-tokens must be at least 1".into(),
-        ));
-    }
+    check(max_tokens, overlap)?;
     let sizer = TokenSizer {
         text,
         starts: token_starts,
     };
     let config = ChunkConfig::new(max_tokens as usize)
         .with_overlap(overlap as usize)
-        .map_err(|_| {
-            CsiError::Request(format!(
-                "chunking: overlap ({overlap}) must be less than max-tokens ({max_tokens})"
-            ))
-        })?
+        .map_err(|e| CsiError::Request(format!("chunking: {e}")))?
         .with_sizer(sizer);
     Ok(TextSplitter::new(config)
         .chunks(text)

@@ -6,6 +6,7 @@
 pub mod anchor;
 pub mod openai;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -175,8 +176,9 @@ pub async fn llama_chat_server(
 /// CPU time (user + system) used so far by each thread of process `pid` and
 /// of its descendants, summed per `process/thread` name (`/proc/*/task/*/stat`,
 /// clock ticks of 10 ms on Linux: sum over a run of seconds, not a token).
-pub fn cpu_by_thread(pid: u32) -> std::collections::BTreeMap<String, Duration> {
-    let mut out = std::collections::BTreeMap::new();
+pub fn cpu_by_thread(pid: u32) -> BTreeMap<String, Duration> {
+    let mut out = BTreeMap::new();
+    // SAFETY: sysconf only reads a configuration value.
     let tick = 1.0 / (unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64).max(1.0);
     let mut pids = vec![pid];
     while let Some(pid) = pids.pop() {
@@ -216,8 +218,8 @@ pub fn cpu_by_thread(pid: u32) -> std::collections::BTreeMap<String, Duration> {
 
 /// What each `process/thread` name used between two [`cpu_by_thread`] readings.
 pub fn cpu_used(
-    before: &std::collections::BTreeMap<String, Duration>,
-    after: &std::collections::BTreeMap<String, Duration>,
+    before: &BTreeMap<String, Duration>,
+    after: &BTreeMap<String, Duration>,
 ) -> Vec<(String, Duration)> {
     after
         .iter()

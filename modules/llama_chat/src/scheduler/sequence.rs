@@ -6,7 +6,7 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
 use super::Admission;
-use crate::generation::{FinishReason, GenerationSink, PreparedChat, Summary};
+use crate::generation::{decode_rate, FinishReason, GenerationSink, PreparedChat, Summary};
 use crate::sampling::ReplyText;
 
 /// A chat in a slot.
@@ -51,18 +51,8 @@ impl Sequence {
     pub fn summary(&self, finish_reason: FinishReason) -> Summary {
         let completion_tokens = self.sink.tokens_generated();
         let end = Instant::now();
-        // Decode steps per second: the first token comes from the prompt's
-        // logits, each later one from a step of its own (as llama-server's
-        // `predicted_per_second`).
-        let decode_secs = match (self.first_token, self.last_token) {
-            (Some(first), Some(last)) => last.duration_since(first).as_secs_f64(),
-            _ => 0.0,
-        };
-        let tokens_per_second = if completion_tokens > 1 && decode_secs > 0.0 {
-            (f64::from(completion_tokens - 1) / decode_secs * 10.0).round() / 10.0
-        } else {
-            0.0
-        };
+        let rate = decode_rate(completion_tokens, self.first_token, self.last_token);
+        let tokens_per_second = (rate * 10.0).round() / 10.0;
         let ttft = self.first_token.map_or(0.0, |t| {
             (t.duration_since(self.started).as_secs_f64() * 100_000.0).round() / 100.0
         });

@@ -1,1 +1,0 @@
-curl -sN localhost:39222/v1/chat/completions -H 'content-type: application/json' -d '{"max_tokens":200,"temperature":0,"stream":true,"ignore_eos":true,"messages":[{"role":"user","content":"Hi there '$1'"}]}' > /tmp/exp/out2.txt
