@@ -26,9 +26,15 @@
 //! `stream` (its last chunk carries `timings`) and `ignore_eos`, so both
 //! generate exactly `max_tokens`.
 //!
-//! Flags: `--quick` (1 round instead of 3), `--threads N` (default all
-//! cores), `--tokens N` (default 64), `--chats 1,2,4,8`, `--model tiny|bench`,
-//! `--no-follow-up` (the concurrent chats only).
+//! Each round's pair of runs, seconds apart, sees the same machine; their
+//! decode ratios, round by round, show how far the medians can be trusted.
+//! The CPU time per token of each server's processes and threads follows.
+//!
+//! Flags: `--quick` (1 round), `--rounds N` (default 3), `--threads N`
+//! (default all cores), `--tokens N` (default 64), `--chats 1,2,4,8`,
+//! `--model tiny|bench`, `--no-follow-up` (the concurrent chats only),
+//! `--first-tokens` (print when each chat's first text came, from the start
+//! of its round: chats whose prompts shared a batch have the same time).
 
 mod common;
 
@@ -38,7 +44,8 @@ use anyhow::{bail, Context, Result};
 use common::anchor::{llama_server_binary, llama_server_version, LlamaServer};
 use common::openai::stream_chat;
 use common::{
-    bench_model, build_release_binaries, llama_chat_server, machine, median, num_cpus, Args,
+    bench_model, build_release_binaries, cpu_by_thread, llama_chat_server, machine, median,
+    num_cpus, Args, CpuTally,
 };
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
@@ -51,6 +58,8 @@ const CTX_PER_SLOT: usize = 2048;
 struct Chat {
     tokens: u64,
     decode_tps: f64,
+    /// When its first text arrived, from the start of its round.
+    first: Duration,
 }
 
 /// A prompt of its own for chat `i` of round `round`, so that no prompt
@@ -60,7 +69,13 @@ fn prompt(round: usize, i: usize) -> String {
 }
 
 /// One chat through modhost's one-call SSE form; its final statistics.
-async fn modhost_chat(http: &reqwest::Client, base: &str, text: &str, tokens: u64) -> Result<Chat> {
+async fn modhost_chat(
+    http: &reqwest::Client,
+    base: &str,
+    text: &str,
+    tokens: u64,
+    started: Instant,
+) -> Result<Chat> {
     let response = http
         .post(format!("{base}/v1/text/chat"))
         .header("Accept", "text/event-stream")
@@ -72,9 +87,13 @@ async fn modhost_chat(http: &reqwest::Client, base: &str, text: &str, tokens: u6
         .send()
         .await?;
     let mut events = response.bytes_stream().eventsource();
+    let mut first = None;
     while let Some(event) = events.next().await {
         let event = event?;
         match event.event.as_str() {
+            "delta" => {
+                first.get_or_insert_with(|| started.elapsed());
+            }
             "done" => {
                 let done: Value = serde_json::from_str(&event.data)?;
                 return Ok(Chat {
@@ -84,6 +103,7 @@ async fn modhost_chat(http: &reqwest::Client, base: &str, text: &str, tokens: u6
                     decode_tps: done["tokens_per_second"]
                         .as_f64()
                         .context("tokens_per_second")?,
+                    first: first.context("no text before the end")?,
                 });
             }
             "error" => bail!("modhost: {}", event.data),
@@ -95,7 +115,13 @@ async fn modhost_chat(http: &reqwest::Client, base: &str, text: &str, tokens: u6
 
 /// One chat through llama-server's OpenAI API, streamed as modhost's is;
 /// its timings (from the last chunk).
-async fn anchor_chat(http: &reqwest::Client, base: &str, text: &str, tokens: u64) -> Result<Chat> {
+async fn anchor_chat(
+    http: &reqwest::Client,
+    base: &str,
+    text: &str,
+    tokens: u64,
+    started: Instant,
+) -> Result<Chat> {
     let response = http
         .post(format!("{base}/v1/chat/completions"))
         .json(&json!({
@@ -105,25 +131,41 @@ async fn anchor_chat(http: &reqwest::Client, base: &str, text: &str, tokens: u64
         .send()
         .await?;
     let mut events = response.bytes_stream().eventsource();
+    let mut first = None;
     while let Some(event) = events.next().await {
         let event = event?;
         if event.data == "[DONE]" {
             break;
         }
         let chunk: Value = serde_json::from_str(&event.data)?;
+        if chunk["choices"][0]["delta"]["content"].is_string() {
+            first.get_or_insert_with(|| started.elapsed());
+        }
         let timings = &chunk["timings"];
         if let Some(decode_tps) = timings["predicted_per_second"].as_f64() {
             return Ok(Chat {
                 tokens: timings["predicted_n"].as_u64().context("predicted_n")?,
                 decode_tps,
+                first: first.context("no text before the end")?,
             });
         }
     }
     bail!("llama-server: no timings in the stream")
 }
 
-/// `n` chats at once; (aggregate decode tokens/s, end-to-end tokens/s,
-/// tokens in all).
+/// What `n` chats at once gave.
+struct Round {
+    /// Aggregate decode tokens/s.
+    decode: f64,
+    /// All tokens over the round's wall-clock time, per second.
+    end_to_end: f64,
+    /// Tokens in all.
+    tokens: u64,
+    /// When each chat's first text came, ms from the start, in order.
+    firsts: Vec<f64>,
+}
+
+/// `n` chats at once.
 async fn round(
     http: &reqwest::Client,
     base: &str,
@@ -131,15 +173,15 @@ async fn round(
     n: usize,
     round: usize,
     tokens: u64,
-) -> Result<(f64, f64, u64)> {
+) -> Result<Round> {
     let started = Instant::now();
     let chats = futures_util::future::try_join_all((0..n).map(|i| {
         let text = prompt(round, i);
         async move {
             if modhost {
-                modhost_chat(http, base, &text, tokens).await
+                modhost_chat(http, base, &text, tokens, started).await
             } else {
-                anchor_chat(http, base, &text, tokens).await
+                anchor_chat(http, base, &text, tokens, started).await
             }
         }
     }))
@@ -147,7 +189,14 @@ async fn round(
     let wall = started.elapsed().as_secs_f64();
     let total: u64 = chats.iter().map(|c| c.tokens).sum();
     let decode: f64 = chats.iter().map(|c| c.decode_tps).sum();
-    Ok((decode, total as f64 / wall, total))
+    let mut firsts: Vec<f64> = chats.iter().map(|c| common::ms(c.first)).collect();
+    firsts.sort_by(f64::total_cmp);
+    Ok(Round {
+        decode,
+        end_to_end: total as f64 / wall,
+        tokens: total,
+        firsts,
+    })
 }
 
 /// A ~500-token text of its own for `round`.
@@ -192,7 +241,12 @@ async fn main() -> Result<()> {
         .split(',')
         .map(str::parse)
         .collect::<Result<_, _>>()?;
-    let rounds = if quick { 1 } else { 3 };
+    let rounds = if quick {
+        1
+    } else {
+        args.parsed("--rounds", 3)?
+    };
+    let show_firsts = args.flag("--first-tokens");
     let follow_ups = !args.flag("--no-follow-up");
 
     build_release_binaries()?;
@@ -215,6 +269,7 @@ async fn main() -> Result<()> {
 
     println!("\n| chats | modhost decode tok/s | llama-server decode tok/s | decode ratio | modhost end to end tok/s | llama-server end to end tok/s | end to end ratio |");
     println!("|---|---|---|---|---|---|---|");
+    let mut cpu = Vec::new();
     for &n in &counts {
         let anchor = LlamaServer::start(&server_bin, &model, threads, n, CTX_PER_SLOT).await?;
         let ctx = CTX_PER_SLOT.to_string();
@@ -229,14 +284,32 @@ async fn main() -> Result<()> {
         )
         .await?;
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        let (mut our_cpu, mut their_cpu) = (CpuTally::default(), CpuTally::default());
+        let server_pid = server.pid().context("modhost's pid")?;
         // A warm-up round, then alternating ones.
         for r in 0..=rounds {
+            let before = cpu_by_thread(anchor.pid());
             let a = round(&http, &anchor.base, false, n, r, tokens).await?;
+            let after = cpu_by_thread(anchor.pid());
+            if r > 0 {
+                their_cpu.add(&before, &after, a.tokens as usize);
+            }
+            let before = cpu_by_thread(server_pid);
             let m = round(&http, &server.base, true, n, r, tokens).await?;
-            if a.2 != m.2 {
+            let after = cpu_by_thread(server_pid);
+            if r > 0 {
+                our_cpu.add(&before, &after, m.tokens as usize);
+            }
+            if a.tokens != m.tokens {
                 println!(
                     "(round {r}: llama-server generated {} tokens, modhost {})",
-                    a.2, m.2
+                    a.tokens, m.tokens
+                );
+            }
+            if show_firsts {
+                println!(
+                    "(round {r}, first text at ms: llama-server {:.0?}, modhost {:.0?})",
+                    a.firsts, m.firsts
                 );
             }
             if r > 0 {
@@ -246,8 +319,8 @@ async fn main() -> Result<()> {
         }
         drop(server);
         drop(anchor);
-        let decode = |v: &[(f64, f64, u64)]| median(v.iter().map(|r| r.0).collect());
-        let e2e = |v: &[(f64, f64, u64)]| median(v.iter().map(|r| r.1).collect());
+        let decode = |v: &[Round]| median(v.iter().map(|r| r.decode).collect());
+        let e2e = |v: &[Round]| median(v.iter().map(|r| r.end_to_end).collect());
         println!(
             "| {n} | {:.1} | {:.1} | {:.0} % | {:.1} | {:.1} | {:.0} % |",
             decode(&ours),
@@ -257,8 +330,30 @@ async fn main() -> Result<()> {
             e2e(&theirs),
             100.0 * e2e(&ours) / e2e(&theirs),
         );
+        let mut ratios: Vec<f64> = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(m, a)| 100.0 * m.decode / a.decode)
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        cpu.push((n, ratios, their_cpu, our_cpu));
     }
     println!("(medians of {rounds} alternating rounds after a warm-up; targets: ratio ≥ 100 % at 4 and 8 chats)");
+    println!(
+        "\nCPU time per generated token, by process/thread (prompts included; /proc, 10 ms ticks):"
+    );
+    for (n, ratios, theirs, ours) in &cpu {
+        println!(
+            "{n} chats (decode ratio round by round: {} %):",
+            ratios
+                .iter()
+                .map(|r| format!("{r:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        theirs.print("llama-server");
+        ours.print("modhost + LlamaChat");
+    }
 
     if !follow_ups {
         return Ok(());

@@ -21,15 +21,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use common::anchor::{llama_server_binary, llama_server_version, LlamaServer};
 use common::openai::{stream_chat, Run};
 use common::{
-    bench_model, build_release_binaries, cpu_by_thread, cpu_used, llama_chat_server, machine,
-    median, num_cpus, Args,
+    bench_model, build_release_binaries, cpu_by_thread, llama_chat_server, machine, median,
+    num_cpus, Args, CpuTally,
 };
 use serde_json::json;
 
@@ -159,34 +158,4 @@ async fn main() -> Result<()> {
     their_cpu.print("llama-server");
     our_cpu.print("modhost + LlamaChat");
     Ok(())
-}
-
-/// CPU time per thread name over several rounds, and the tokens streamed.
-#[derive(Default)]
-struct CpuTally {
-    used: BTreeMap<String, Duration>,
-    tokens: usize,
-}
-
-impl CpuTally {
-    fn add(
-        &mut self,
-        before: &BTreeMap<String, Duration>,
-        after: &BTreeMap<String, Duration>,
-        tokens: usize,
-    ) {
-        for (name, d) in cpu_used(before, after) {
-            *self.used.entry(name).or_default() += d;
-        }
-        self.tokens += tokens;
-    }
-
-    fn print(&self, what: &str) {
-        let per_token = |d: Duration| d.as_secs_f64() * 1000.0 / self.tokens.max(1) as f64;
-        let total: Duration = self.used.values().sum();
-        println!("- {what}: {:.2} ms in all", per_token(total));
-        for (name, d) in &self.used {
-            println!("  - {name}: {:.3} ms", per_token(*d));
-        }
-    }
 }

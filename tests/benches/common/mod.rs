@@ -178,14 +178,16 @@ pub async fn llama_chat_server(
 /// clock ticks of 10 ms on Linux: sum over a run of seconds, not a token).
 pub fn cpu_by_thread(pid: u32) -> BTreeMap<String, Duration> {
     let mut out = BTreeMap::new();
-    // SAFETY: sysconf only reads a configuration value.
-    let tick = 1.0 / (unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64).max(1.0);
     let mut pids = vec![pid];
     while let Some(pid) = pids.pop() {
         let process = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             continue;
         };
+        // The process's own stat counts its exited threads too (a long
+        // command's thread, say): what its live threads do not account for.
+        let mut live = Duration::ZERO;
+        let whole = cpu_ticks(&format!("/proc/{pid}/stat")).map(|(_, d)| d);
         for task in tasks.flatten() {
             let dir = task.path();
             if let Ok(children) = std::fs::read_to_string(dir.join("children")) {
@@ -195,25 +197,39 @@ pub fn cpu_by_thread(pid: u32) -> BTreeMap<String, Duration> {
                         .filter_map(|c| c.parse::<u32>().ok()),
                 );
             }
-            let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+            let Some((name, used)) = cpu_ticks(&dir.join("stat").display().to_string()) else {
                 continue;
             };
-            // Fields after the parenthesised name: state is 3rd, utime 14th, stime 15th.
-            let Some((name, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "))
-            else {
-                continue;
-            };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let ticks: u64 = [11, 12]
-                .iter()
-                .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
-                .sum();
-            let key = format!("{}/{}", process.trim(), name);
-            *out.entry(key).or_insert(Duration::ZERO) +=
-                Duration::from_secs_f64(ticks as f64 * tick);
+            live += used;
+            *out.entry(format!("{}/{}", process.trim(), name))
+                .or_insert(Duration::ZERO) += used;
+        }
+        if let Some(whole) = whole {
+            *out.entry(format!("{}/(exited threads)", process.trim()))
+                .or_insert(Duration::ZERO) += whole.saturating_sub(live);
         }
     }
     out
+}
+
+/// The name and CPU time (user + system) in a `/proc/.../stat` file.
+fn cpu_ticks(path: &str) -> Option<(String, Duration)> {
+    // SAFETY: sysconf only reads a configuration value.
+    let tick = 1.0 / (unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64).max(1.0);
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the parenthesised name: state is 3rd, utime 14th, stime 15th.
+    let (name, rest) = stat
+        .split_once(" (")
+        .and_then(|(_, r)| r.rsplit_once(") "))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    Some((
+        name.to_owned(),
+        Duration::from_secs_f64(ticks as f64 * tick),
+    ))
 }
 
 /// What each `process/thread` name used between two [`cpu_by_thread`] readings.
@@ -231,4 +247,36 @@ pub fn cpu_used(
         })
         .filter(|(_, d)| !d.is_zero())
         .collect()
+}
+
+/// CPU time per thread name over several rounds, and the tokens streamed.
+#[derive(Default)]
+pub struct CpuTally {
+    used: BTreeMap<String, Duration>,
+    tokens: usize,
+}
+
+impl CpuTally {
+    /// Adds what was used between two [`cpu_by_thread`] readings, for `tokens` tokens.
+    pub fn add(
+        &mut self,
+        before: &BTreeMap<String, Duration>,
+        after: &BTreeMap<String, Duration>,
+        tokens: usize,
+    ) {
+        for (name, d) in cpu_used(before, after) {
+            *self.used.entry(name).or_default() += d;
+        }
+        self.tokens += tokens;
+    }
+
+    /// Prints the CPU time per token, in all and by `process/thread`.
+    pub fn print(&self, what: &str) {
+        let per_token = |d: Duration| d.as_secs_f64() * 1000.0 / self.tokens.max(1) as f64;
+        let total: Duration = self.used.values().sum();
+        println!("- {what}: {:.2} ms in all", per_token(total));
+        for (name, d) in &self.used {
+            println!("  - {name}: {:.3} ms", per_token(*d));
+        }
+    }
 }
