@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -78,6 +79,10 @@ pub struct EngineConfig {
     pub gpu_layers: Option<u32>,
     /// Slots: chats decoded together, each with its own KV of `context_size`.
     pub parallel: u32,
+    /// The longest the decode loop, woken from idle, waits for chats that
+    /// are on their way before it decodes a burst's prompts
+    /// ([`crate::scheduler::GATHER_MAX`] by default).
+    pub gather_max: Duration,
 }
 
 impl Default for EngineConfig {
@@ -88,6 +93,7 @@ impl Default for EngineConfig {
             batch_size: 512,
             gpu_layers: None,
             parallel: DEFAULT_PARALLEL,
+            gather_max: crate::scheduler::GATHER_MAX,
         }
     }
 }
@@ -202,6 +208,7 @@ impl LlamaEngine {
             slots: config.parallel.max(1),
             n_batch: config.batch_size.clamp(1, n_ctx),
             threads: config.threads.max(1) as i32,
+            gather_max: config.gather_max,
         };
         let scheduler = Scheduler::start(Arc::clone(&model), spec).map_err(failed)?;
         tracing::info!(
@@ -378,6 +385,7 @@ impl Generator for LlamaEngine {
                 seed: request.seed.unwrap_or_else(random_seed),
             },
             stop: request.stop,
+            on_its_way: self.scheduler.on_its_way(),
         })
     }
 

@@ -195,6 +195,46 @@ pub struct PreparedChat {
     pub(crate) max_tokens: u32,
     pub(crate) sampling: SamplingParams,
     pub(crate) stop: Vec<String>,
+    /// Counts this chat as on its way to the engine until it is launched
+    /// or dropped.
+    pub(crate) on_its_way: OnItsWay,
+}
+
+/// One chat on its way to an engine: it adds one to a shared count while it
+/// lives (clones too), so that the engine can wait for a burst of chats that
+/// were prepared together before it decodes their prompts.
+#[derive(Debug, Default)]
+pub struct OnItsWay(Option<Arc<AtomicU32>>);
+
+impl OnItsWay {
+    /// Counts one more chat on its way in `count`.
+    #[must_use]
+    pub fn new(count: &Arc<AtomicU32>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(Some(Arc::clone(count)))
+    }
+
+    /// The chat has arrived: it is no longer counted.
+    pub fn arrived(&mut self) {
+        if let Some(count) = self.0.take() {
+            count.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Clone for OnItsWay {
+    fn clone(&self) -> Self {
+        match &self.0 {
+            Some(count) => Self::new(count),
+            None => Self(None),
+        }
+    }
+}
+
+impl Drop for OnItsWay {
+    fn drop(&mut self) {
+        self.arrived();
+    }
 }
 
 impl PreparedChat {

@@ -221,6 +221,7 @@ pub fn engine_config_from_env(
         parallel: number("CPAI_MODULE_LLAMA_PARALLEL")?
             .filter(|&n| n > 0)
             .unwrap_or(DEFAULT_PARALLEL),
+        ..defaults
     })
 }
 

@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -30,7 +30,9 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
 use crate::engine::{backend, with_new_context_lock};
-use crate::generation::{ChatError, FinishReason, GenerationSink, GeneratorLoad, PreparedChat};
+use crate::generation::{
+    ChatError, FinishReason, GenerationSink, GeneratorLoad, OnItsWay, PreparedChat,
+};
 
 mod figures;
 mod sequence;
@@ -39,12 +41,16 @@ use figures::Figures;
 use sequence::Sequence;
 
 /// How long the decode loop, woken from idle by a chat, waits for the next
-/// one before it starts (see `DecodeLoop::gather`): the most a lone chat's
-/// first token is delayed.
+/// one before it starts when no other chat is on its way (see
+/// `DecodeLoop::gather`): the most a lone chat's first token is delayed.
 pub const GATHER_GAP: Duration = Duration::from_millis(3);
 
-/// The longest the decode loop gathers a burst of chats.
+/// The longest the decode loop gathers a burst of chats, waiting for those
+/// prepared and on their way, by default ([`SchedulerSpec::gather_max`]).
 pub const GATHER_MAX: Duration = Duration::from_millis(20);
+
+/// How often the gathering looks again for chats on their way.
+const GATHER_POLL: Duration = Duration::from_millis(1);
 
 /// The shape of the scheduler's context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +63,8 @@ pub struct SchedulerSpec {
     pub n_batch: u32,
     /// llama.cpp threads for decoding.
     pub threads: i32,
+    /// The longest a burst of chats is gathered (see `DecodeLoop::gather`).
+    pub gather_max: Duration,
 }
 
 impl SchedulerSpec {
@@ -126,9 +134,18 @@ impl Scheduler {
         })
     }
 
+    /// A count of one more chat on its way to this loop, for
+    /// [`PreparedChat::on_its_way`]: the loop waits for such chats when it
+    /// gathers a burst.
+    pub(crate) fn on_its_way(&self) -> OnItsWay {
+        OnItsWay::new(&self.figures.on_its_way)
+    }
+
     /// Hands `chat` to the decode loop; its events go to `sink`.
-    pub fn submit(&self, chat: PreparedChat, sink: GenerationSink) {
+    pub fn submit(&self, mut chat: PreparedChat, sink: GenerationSink) {
         self.figures.waiting.fetch_add(1, Ordering::SeqCst);
+        // Counted as waiting now; in the channel, the loop's gathering sees it.
+        chat.on_its_way.arrived();
         if let Err(returned) = self.chats.send(Admission { chat, sink }) {
             // Only when the loop died (a panic in llama.cpp code).
             self.figures.waiting.fetch_sub(1, Ordering::SeqCst);
@@ -196,6 +213,7 @@ struct DecodeLoop<'m> {
     slots: Vec<Slot>,
     pending: VecDeque<Admission>,
     figures: Arc<Figures>,
+    gather_max: Duration,
 }
 
 impl<'m> DecodeLoop<'m> {
@@ -222,6 +240,7 @@ impl<'m> DecodeLoop<'m> {
                 .collect(),
             pending: VecDeque::new(),
             figures,
+            gather_max: spec.gather_max,
         }
     }
 
@@ -247,19 +266,23 @@ impl<'m> DecodeLoop<'m> {
     }
 
     /// After waking from idle: takes the chats that arrive within
-    /// [`GATHER_GAP`] of each other (up to [`GATHER_MAX`] in all, or until
-    /// every slot has one), so that a burst of chats has its prompts
-    /// decoded in one batch. Chats reach the module a millisecond or two
+    /// [`GATHER_GAP`] of each other, and those prepared and still on their
+    /// way (up to [`SchedulerSpec::gather_max`] in all, or until every slot has one), so
+    /// that a burst of chats has its prompts decoded in one batch. Chats reach the module a millisecond or two
     /// apart (its poll workers take them from the server's queue a few at a
     /// time); without this the first one's prompt is decoded alone and every
     /// later one's in the next step, while the first already waits for its
     /// tokens, and its decode rate counts the others' prompts.
     fn gather(&mut self, incoming: &Receiver<Admission>) {
-        let deadline = Instant::now() + GATHER_MAX;
+        let deadline = Instant::now() + self.gather_max;
         while self.pending.len() < self.slots.len() {
-            let wait = GATHER_GAP.min(deadline.saturating_duration_since(Instant::now()));
-            match incoming.recv_timeout(wait) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let expected = self.figures.on_its_way.load(Ordering::SeqCst) > 0;
+            // A chat on its way is looked for every millisecond.
+            let wait = if expected { GATHER_POLL } else { GATHER_GAP };
+            match incoming.recv_timeout(wait.min(left)) {
                 Ok(admission) => self.pending.push_back(admission),
+                Err(RecvTimeoutError::Timeout) if expected && !left.is_zero() => {}
                 Err(_) => return,
             }
         }

@@ -17,20 +17,30 @@ pub(crate) fn load_demo(
     context_size: Option<u32>,
     parallel: u32,
 ) -> TestModel {
+    load_demo_with(
+        spec,
+        EngineConfig {
+            context_size,
+            parallel,
+            ..test_config()
+        },
+    )
+}
+
+/// The engine settings of the tests: few threads, small batches.
+fn test_config() -> EngineConfig {
+    EngineConfig {
+        threads: TEST_THREADS,
+        batch_size: 64,
+        ..EngineConfig::default()
+    }
+}
+
+fn load_demo_with(spec: &DemoModelSpec, config: EngineConfig) -> TestModel {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("demo.gguf");
     write_demo_model(&path, spec).unwrap();
-    let engine = LlamaEngine::load(
-        &path,
-        EngineConfig {
-            threads: TEST_THREADS,
-            context_size,
-            batch_size: 64,
-            parallel,
-            ..EngineConfig::default()
-        },
-    )
-    .unwrap();
+    let engine = LlamaEngine::load(&path, config).unwrap();
     TestModel { _dir: dir, engine }
 }
 
@@ -418,6 +428,39 @@ fn a_chat_beyond_the_slots_waits_and_then_runs() {
     assert_eq!(s.completion_tokens, 5);
     drop(running);
     wait_idle(&m.engine);
+}
+
+#[test]
+fn a_burst_waits_for_its_chats_on_their_way_so_their_prompts_share_a_batch() {
+    // A gathering far longer than this test's own delays.
+    let m = load_demo_with(
+        &DemoModelSpec::tiny(),
+        EngineConfig {
+            gather_max: Duration::from_secs(30),
+            ..test_config()
+        },
+    );
+    let on_its_way = m.engine.prepare(req(5, 0.0, 1)).unwrap();
+    let first = m.engine.start(req(5, 0.0, 2)).unwrap();
+    // Far past the 3 ms gap that ends a gathering with nothing on its way.
+    assert!(
+        first.recv_timeout(Duration::from_millis(300)).is_none(),
+        "the first chat started while another was on its way"
+    );
+    let second = m.engine.launch(on_its_way, CancelToken::default());
+    for g in [first, second] {
+        assert_eq!(g.wait().unwrap().1.completion_tokens, 5);
+    }
+    // A prepared chat that is dropped is no longer on its way: the next
+    // chat starts after the short gap, not after the 30 s gathering.
+    drop(m.engine.prepare(req(5, 0.0, 3)).unwrap());
+    let started = std::time::Instant::now();
+    assert_eq!(run_on(&m, req(5, 0.0, 4)).1.completion_tokens, 5);
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+fn run_on(m: &TestModel, request: ChatRequest) -> (String, Summary) {
+    m.engine.start(request).unwrap().wait().unwrap()
 }
 
 /// The conversation of a two-turn test: turn 1, then turn 1's reply and a

@@ -2,6 +2,7 @@
 //! and tokens generated per second over the last minute.
 
 use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -10,6 +11,8 @@ use parking_lot::Mutex;
 pub(super) struct Figures {
     pub busy: AtomicU32,
     pub waiting: AtomicU32,
+    /// Chats prepared and not yet handed to the loop (see `OnItsWay`).
+    pub on_its_way: Arc<AtomicU32>,
     // parking_lot: one add or one sum, never held across a decode.
     pub throughput: Mutex<Throughput>,
 }
@@ -19,6 +22,7 @@ impl Figures {
         Self {
             busy: AtomicU32::new(0),
             waiting: AtomicU32::new(0),
+            on_its_way: Arc::default(),
             throughput: Mutex::new(Throughput::new(Instant::now())),
         }
     }
