@@ -16,7 +16,7 @@
 //! template's first tokens, and llama-server gets `ignore_eos`, so that both
 //! generate exactly `max_tokens` every time.
 //!
-//! Flags: `--quick` (2 rounds instead of 5), `--threads N` (default all
+//! Flags: `--quick` (2 rounds), `--rounds N` (default 5), `--threads N` (default all
 //! cores), `--model tiny|bench` (default bench), `--tokens N` (default 96).
 
 mod common;
@@ -39,7 +39,11 @@ async fn main() -> Result<()> {
     let threads: usize = args.parsed("--threads", num_cpus())?;
     let preset = args.value("--model").unwrap_or_else(|| "bench".into());
     let max_tokens: u64 = args.parsed("--tokens", 96)?;
-    let rounds = if quick { 2 } else { 5 };
+    let rounds = if quick {
+        2
+    } else {
+        args.parsed("--rounds", 5)?
+    };
 
     build_release_binaries()?;
     let model = bench_model(&preset)?;
