@@ -101,6 +101,14 @@ impl CommandHandle {
     /// Appends `piece` to the published `reply` text (LlamaChat's growing
     /// answer), in O(piece): the way to publish generated text.
     pub fn append_reply(&self, piece: &str) {
+        self.append_reply_with(piece, JsonMap::new());
+    }
+
+    /// Appends `piece` to the published `reply` text and sets `fields` (a
+    /// token count, say) as one update: a client streaming the command gets
+    /// both in the same push, and the module pushes once, not twice.
+    pub fn append_reply_with(&self, piece: &str, fields: JsonMap) {
+        let mut changed = JsonMap::new();
         {
             let mut published = self.published.lock();
             match published.get_mut(REPLY_FIELD) {
@@ -109,11 +117,18 @@ impl CommandHandle {
                     published.insert(REPLY_FIELD.into(), piece.into());
                 }
             }
+            for (key, value) in fields {
+                if published.get(&key) != Some(&value) {
+                    published.insert(key.clone(), value.clone());
+                    changed.insert(key, value);
+                }
+            }
         }
         if let Some(sink) = &self.progress {
             sink.change(|p| {
                 p.delta.push_str(piece);
                 p.produced_at_us = Some(now_us());
+                p.fields.extend(changed);
             });
         }
     }
@@ -216,6 +231,13 @@ mod tests {
         assert_eq!(update.fields, obj(json!({"tokens": 2})));
         assert!(update.produced_at_us.is_some());
         assert_eq!(h.published()["reply"], "The sun is");
+        // Text and fields in one update.
+        h.append_reply_with("!", obj(json!({"tokens": 3})));
+        let update = hub.take().remove("c1").unwrap();
+        assert_eq!(update.delta, "!");
+        assert_eq!(update.fields, obj(json!({"tokens": 3})));
+        assert_eq!(h.published()["reply"], "The sun is!");
+        assert_eq!(h.published()["tokens"], 3);
         // A rewritten reply is a field, not a delta.
         h.update("reply", json!("Other"));
         let update = hub.take().remove("c1").unwrap();

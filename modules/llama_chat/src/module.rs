@@ -167,8 +167,12 @@ fn follow(cmd: &CommandHandle, generation: &Generation) -> Result<Summary, Modul
     loop {
         match generation.recv() {
             GenerationEvent::Piece(piece) => {
-                cmd.append_reply(&piece);
-                cmd.update("completion_tokens", generation.tokens_generated().into());
+                let mut count = Map::new();
+                count.insert(
+                    "completion_tokens".into(),
+                    generation.tokens_generated().into(),
+                );
+                cmd.append_reply_with(&piece, count);
             }
             GenerationEvent::Done(summary) => return Ok(summary),
             GenerationEvent::Failed(e) => return Err(ModuleError::new(e.to_string())),
