@@ -267,12 +267,13 @@ impl<'m> DecodeLoop<'m> {
 
     /// After waking from idle: takes the chats that arrive within
     /// [`GATHER_GAP`] of each other, and those prepared and still on their
-    /// way (up to [`SchedulerSpec::gather_max`] in all, or until every slot has one), so
-    /// that a burst of chats has its prompts decoded in one batch. Chats reach the module a millisecond or two
-    /// apart (its poll workers take them from the server's queue a few at a
-    /// time); without this the first one's prompt is decoded alone and every
-    /// later one's in the next step, while the first already waits for its
-    /// tokens, and its decode rate counts the others' prompts.
+    /// way (up to [`SchedulerSpec::gather_max`] in all, or until every slot
+    /// has one), so that a burst of chats has its prompts decoded in one
+    /// batch. Chats reach the module a millisecond or two apart (its poll
+    /// workers take them from the server's queue a few at a time); without
+    /// this the first one's prompt is decoded alone and every later one's in
+    /// the next step, while the first already waits for its tokens, and its
+    /// decode rate counts the others' prompts.
     fn gather(&mut self, incoming: &Receiver<Admission>) {
         let deadline = Instant::now() + self.gather_max;
         while self.pending.len() < self.slots.len() {
