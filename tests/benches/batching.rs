@@ -45,7 +45,7 @@ use common::anchor::{llama_server_binary, llama_server_version, LlamaServer};
 use common::openai::stream_chat;
 use common::{
     bench_model, build_release_binaries, cpu_by_thread, llama_chat_server, machine, median,
-    num_cpus, Args, CpuTally,
+    num_cpus, round_ratios, Args, CpuTally,
 };
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
@@ -330,12 +330,7 @@ async fn main() -> Result<()> {
             e2e(&theirs),
             100.0 * e2e(&ours) / e2e(&theirs),
         );
-        let mut ratios: Vec<f64> = ours
-            .iter()
-            .zip(&theirs)
-            .map(|(m, a)| 100.0 * m.decode / a.decode)
-            .collect();
-        ratios.sort_by(f64::total_cmp);
+        let ratios = round_ratios(ours.iter().zip(&theirs).map(|(m, a)| (m.decode, a.decode)));
         cpu.push((n, ratios, their_cpu, our_cpu));
     }
     println!("(medians of {rounds} alternating rounds after a warm-up; targets: ratio ≥ 100 % at 4 and 8 chats)");
@@ -343,14 +338,7 @@ async fn main() -> Result<()> {
         "\nCPU time per generated token, by process/thread (prompts included; /proc, 10 ms ticks):"
     );
     for (n, ratios, theirs, ours) in &cpu {
-        println!(
-            "{n} chats (decode ratio round by round: {} %):",
-            ratios
-                .iter()
-                .map(|r| format!("{r:.1}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        println!("{n} chats (decode ratio round by round: {ratios} %):");
         theirs.print("llama-server");
         ours.print("modhost + LlamaChat");
     }

@@ -28,7 +28,7 @@ use common::anchor::{llama_server_binary, llama_server_version, LlamaServer};
 use common::openai::{stream_chat, Run};
 use common::{
     bench_model, build_release_binaries, cpu_by_thread, llama_chat_server, machine, median,
-    num_cpus, Args, CpuTally,
+    num_cpus, round_ratios, Args, CpuTally,
 };
 use serde_json::json;
 
@@ -140,21 +140,13 @@ async fn main() -> Result<()> {
     println!(
         "(medians of {rounds} alternating rounds after a warm-up; streamed with temperature 0)"
     );
-    // Each round's two runs, a few seconds apart, see the same machine: the
-    // spread of their ratios says how far the medians' ratio can be trusted.
-    let mut ratios: Vec<f64> = ours
-        .iter()
-        .zip(&theirs)
-        .map(|(m, a)| 100.0 * m.decode_tps / a.decode_tps)
-        .collect();
-    ratios.sort_by(f64::total_cmp);
     println!(
         "decode ratio round by round: {} %",
-        ratios
-            .iter()
-            .map(|r| format!("{r:.1}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        round_ratios(
+            ours.iter()
+                .zip(&theirs)
+                .map(|(m, a)| (m.decode_tps, a.decode_tps))
+        )
     );
     println!(
         "\nCPU time per streamed token, by process/thread (prompt included; /proc, 10 ms ticks):"

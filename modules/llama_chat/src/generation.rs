@@ -203,7 +203,7 @@ pub struct PreparedChat {
 /// One chat on its way to an engine: it adds one to a shared count while it
 /// lives (clones too), so that the engine can wait for a burst of chats that
 /// were prepared together before it decodes their prompts.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct OnItsWay(Option<Arc<AtomicU32>>);
 
 impl OnItsWay {

@@ -249,6 +249,19 @@ pub fn cpu_used(
         .collect()
 }
 
+/// modhost's decode rate over llama-server's in each round, in %, sorted and
+/// written `a, b, c` (to 0.1): each round's two runs, seconds apart, see the
+/// same machine, so their spread says how far the medians can be trusted.
+pub fn round_ratios(pairs: impl Iterator<Item = (f64, f64)>) -> String {
+    let mut ratios: Vec<f64> = pairs.map(|(ours, theirs)| 100.0 * ours / theirs).collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios
+        .iter()
+        .map(|r| format!("{r:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// CPU time per thread name over several rounds, and the tokens streamed.
 #[derive(Default)]
 pub struct CpuTally {
