@@ -352,6 +352,9 @@ fn pick_format(model: &LlamaModel) -> PromptFormat {
 
 impl Generator for LlamaEngine {
     fn prepare(&self, request: ChatRequest) -> Result<PreparedChat, ChatError> {
+        // Counted from here, not once tokenized: the decode loop, woken by
+        // another chat of the same burst, then waits for this one too.
+        let on_its_way = self.scheduler.on_its_way();
         request.validate()?;
         let text = self.request_text(&request)?;
         let tokens = self.tokenize(&text);
@@ -385,7 +388,7 @@ impl Generator for LlamaEngine {
                 seed: request.seed.unwrap_or_else(random_seed),
             },
             stop: request.stop,
-            on_its_way: self.scheduler.on_its_way(),
+            on_its_way,
         })
     }
 

@@ -43,7 +43,7 @@ use sequence::Sequence;
 /// How long the decode loop, woken from idle by a chat, waits for the next
 /// one before it starts when no other chat is on its way (see
 /// `DecodeLoop::gather`): the most a lone chat's first token is delayed.
-pub const GATHER_GAP: Duration = Duration::from_millis(3);
+pub const GATHER_GAP: Duration = Duration::from_millis(1);
 
 /// The longest the decode loop gathers a burst of chats, waiting for those
 /// prepared and on their way, by default ([`SchedulerSpec::gather_max`]).

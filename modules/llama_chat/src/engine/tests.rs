@@ -442,7 +442,7 @@ fn a_burst_waits_for_its_chats_on_their_way_so_their_prompts_share_a_batch() {
     );
     let on_its_way = m.engine.prepare(req(5, 0.0, 1)).unwrap();
     let first = m.engine.start(req(5, 0.0, 2)).unwrap();
-    // Far past the 3 ms gap that ends a gathering with nothing on its way.
+    // Far past the 1 ms gap that ends a gathering with nothing on its way.
     assert!(
         first.recv_timeout(Duration::from_millis(300)).is_none(),
         "the first chat started while another was on its way"
@@ -454,6 +454,9 @@ fn a_burst_waits_for_its_chats_on_their_way_so_their_prompts_share_a_batch() {
     // A prepared chat that is dropped is no longer on its way: the next
     // chat starts after the short gap, not after the 30 s gathering.
     drop(m.engine.prepare(req(5, 0.0, 3)).unwrap());
+    // Nor is one that failed to prepare (it is counted from the start of
+    // preparing).
+    assert!(m.engine.prepare(req(5, -1.0, 5)).is_err());
     let started = std::time::Instant::now();
     assert_eq!(run_on(&m, req(5, 0.0, 4)).1.completion_tokens, 5);
     assert!(started.elapsed() < Duration::from_secs(20));
