@@ -4,7 +4,8 @@
 //! Lifecycle of the CodeProject.AI Python SDK (docs/protocol.md §1.7):
 //!
 //! 1. `initialise` (on the calling thread, before anything is polled);
-//! 2. `parallelism` poll workers plus a 2-second status loop on a small
+//! 2. poll workers (`parallelism`, or the long-command slots when there are
+//!    more, see `Engine::poll_workers`) plus a 2-second status loop on a small
 //!    tokio runtime; every command is handled on the blocking pool, a long
 //!    process on its own thread;
 //! 3. on `quit`, SIGTERM or SIGINT: stop polling, let in-flight commands
@@ -120,6 +121,7 @@ pub fn run_with<R: ModuleRunner>(
         queue = %modhost_protocol::split_queue_token(&engine.ctx.queue_name).0,
         server = %engine.ctx.server_url,
         parallelism = engine.ctx.parallelism,
+        poll_workers = engine.poll_workers(),
         "module started"
     );
     runtime.block_on(serve(Arc::clone(&engine), client));
@@ -224,6 +226,16 @@ impl<R: ModuleRunner> Engine<R> {
             progress: client.pushes_progress().then(Arc::default),
             ..Self::new(runner, ctx)
         }
+    }
+
+    /// How many polls the module keeps outstanding: its `parallelism`, or
+    /// its long-command slots when there are more. A module that runs N long
+    /// commands at once takes a burst of N from the server's queue at once,
+    /// so they start together (LlamaChat decodes their prompts in one batch)
+    /// instead of in waves of `parallelism`, each a poll round trip later.
+    fn poll_workers(&self) -> usize {
+        let (slots, _, _) = self.commands.load();
+        self.ctx.parallelism.max(slots).max(1)
     }
 
     fn inference_device(&self) -> String {
@@ -542,7 +554,7 @@ async fn serve<R: ModuleRunner>(engine: Arc<Engine<R>>, client: ServerClient) {
     let stop_tx = Arc::new(stop_tx);
     let connectivity = Arc::new(Connectivity::default());
     let mut tasks = JoinSet::new();
-    for worker in 0..engine.ctx.parallelism.max(1) {
+    for worker in 0..engine.poll_workers() {
         tasks.spawn(
             worker_loop(
                 Arc::clone(&engine),

@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use super::*;
+use crate::LongCapacity;
 
 // ---------------------------------------------------------------- fixture
 
@@ -53,6 +54,8 @@ struct TestModule {
     gate_tx: Mutex<std_mpsc::Sender<()>>,
     fail_init: bool,
     selftest_ok: bool,
+    /// Long commands it runs at once ([`ModuleRunner::long_capacity`]).
+    long_slots: usize,
 }
 
 impl TestModule {
@@ -66,6 +69,7 @@ impl TestModule {
             gate_tx: Mutex::new(tx.clone()),
             fail_init: false,
             selftest_ok: true,
+            long_slots: 1,
         };
         (module, probe, tx)
     }
@@ -138,6 +142,13 @@ impl ModuleRunner for TestModule {
 
     fn inference_device(&self) -> String {
         "GPU".into()
+    }
+
+    fn long_capacity(&self) -> LongCapacity {
+        LongCapacity {
+            slots: self.long_slots,
+            queue: 0,
+        }
     }
 }
 
@@ -675,7 +686,21 @@ fn start_module(
     Arc<Probe>,
     std_mpsc::Sender<()>,
 ) {
-    let (module, probe, gate) = TestModule::new();
+    start_module_with_slots(url, parallelism, 1)
+}
+
+/// [`start_module`] for a module that runs `long_slots` long commands at once.
+fn start_module_with_slots(
+    url: &str,
+    parallelism: usize,
+    long_slots: usize,
+) -> (
+    tokio::sync::oneshot::Receiver<ExitCode>,
+    Arc<Probe>,
+    std_mpsc::Sender<()>,
+) {
+    let (mut module, probe, gate) = TestModule::new();
+    module.long_slots = long_slots;
     let mut ctx = ModuleContext::new("Echo", url);
     ctx.parallelism = parallelism;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -896,6 +921,33 @@ async fn keeps_a_poll_outstanding_per_worker_and_serves_them_at_once() {
     let polls = server.wait_for_polls(PARALLELISM).await;
     assert_eq!(polls.peak, PARALLELISM, "{polls:?}");
 
+    server.push(queue_item("q", "quit", &[]));
+    assert_eq!(
+        within(done).await.expect("module thread reports"),
+        ExitCode::SUCCESS
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_a_poll_outstanding_per_long_slot_when_there_are_more_slots() {
+    let mut server = FakeServer::start(&[]).await;
+    let (done, _, gate) = start_module_with_slots(&server.url, 1, 3);
+    server.wait_for_polls(3).await;
+
+    // Three long commands pushed at once are all taken before any finishes.
+    for i in 0..3 {
+        server.push(queue_item(&format!("l{i}"), "long", &[]));
+    }
+    for _ in 0..3 {
+        let (_, body) = server.next_reply().await;
+        assert_eq!(body["commandStatus"], "running", "{body}");
+    }
+    let polls = server.wait_for_polls(3).await;
+    assert_eq!(polls.peak, 3, "{polls:?}");
+
+    for _ in 0..3 {
+        gate.send(()).expect("module alive");
+    }
     server.push(queue_item("q", "quit", &[]));
     assert_eq!(
         within(done).await.expect("module thread reports"),
