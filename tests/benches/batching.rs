@@ -165,6 +165,34 @@ struct Round {
     firsts: Vec<f64>,
 }
 
+/// A server under test.
+struct Target<'a> {
+    base: &'a str,
+    /// Its process, whose threads' CPU time is read around each round.
+    pid: u32,
+    /// modhost (LlamaChat's SSE form), or else llama-server.
+    modhost: bool,
+}
+
+/// A [`round`] on `target`, whose CPU time is added to `tally` unless it is
+/// the warm-up (round 0).
+async fn measured_round(
+    http: &reqwest::Client,
+    target: &Target<'_>,
+    n: usize,
+    r: usize,
+    tokens: u64,
+    tally: &mut CpuTally,
+) -> Result<Round> {
+    let before = cpu_by_thread(target.pid);
+    let got = round(http, target.base, target.modhost, n, r, tokens).await?;
+    let after = cpu_by_thread(target.pid);
+    if r > 0 {
+        tally.add(&before, &after, got.tokens as usize);
+    }
+    Ok(got)
+}
+
 /// `n` chats at once.
 async fn round(
     http: &reqwest::Client,
@@ -286,19 +314,27 @@ async fn main() -> Result<()> {
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         let (mut our_cpu, mut their_cpu) = (CpuTally::default(), CpuTally::default());
         let server_pid = server.pid().context("modhost's pid")?;
-        // A warm-up round, then alternating ones.
+        // A warm-up round, then alternating ones: llama-server first in even
+        // rounds, modhost first in odd ones, so that neither always runs on
+        // a machine the other has just warmed (or heated).
         for r in 0..=rounds {
-            let before = cpu_by_thread(anchor.pid());
-            let a = round(&http, &anchor.base, false, n, r, tokens).await?;
-            let after = cpu_by_thread(anchor.pid());
-            if r > 0 {
-                their_cpu.add(&before, &after, a.tokens as usize);
-            }
-            let before = cpu_by_thread(server_pid);
-            let m = round(&http, &server.base, true, n, r, tokens).await?;
-            let after = cpu_by_thread(server_pid);
-            if r > 0 {
-                our_cpu.add(&before, &after, m.tokens as usize);
+            let theirs_on = Target {
+                base: &anchor.base,
+                pid: anchor.pid(),
+                modhost: false,
+            };
+            let ours_on = Target {
+                base: &server.base,
+                pid: server_pid,
+                modhost: true,
+            };
+            let (a, m);
+            if r % 2 == 0 {
+                a = measured_round(&http, &theirs_on, n, r, tokens, &mut their_cpu).await?;
+                m = measured_round(&http, &ours_on, n, r, tokens, &mut our_cpu).await?;
+            } else {
+                m = measured_round(&http, &ours_on, n, r, tokens, &mut our_cpu).await?;
+                a = measured_round(&http, &theirs_on, n, r, tokens, &mut their_cpu).await?;
             }
             if a.tokens != m.tokens {
                 println!(
@@ -338,7 +374,7 @@ async fn main() -> Result<()> {
         "\nCPU time per generated token, by process/thread (prompts included; /proc, 10 ms ticks):"
     );
     for (n, ratios, theirs, ours) in &cpu {
-        println!("{n} chats (decode ratio round by round: {ratios} %):");
+        println!("{n} chats (decode ratio round by round: {ratios}):");
         theirs.print("llama-server");
         ours.print("modhost + LlamaChat");
     }

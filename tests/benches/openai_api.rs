@@ -155,7 +155,7 @@ async fn main() -> Result<()> {
     );
     if comparable {
         println!(
-            "decode ratio round by round: {} %",
+            "decode ratio round by round: {}",
             round_ratios(
                 ours.iter()
                     .zip(&theirs)

@@ -250,16 +250,19 @@ pub fn cpu_used(
 }
 
 /// modhost's decode rate over llama-server's in each round, in %, sorted and
-/// written `a, b, c` (to 0.1): each round's two runs, seconds apart, see the
-/// same machine, so their spread says how far the medians can be trusted.
+/// written `a, b, c % (median m %)` (to 0.1): each round's two runs, seconds
+/// apart, see the same machine, so their spread says how far the medians can
+/// be trusted, and the median of these paired ratios is less moved by the
+/// machine's drift over the run than the ratio of the two medians.
 pub fn round_ratios(pairs: impl Iterator<Item = (f64, f64)>) -> String {
     let mut ratios: Vec<f64> = pairs.map(|(ours, theirs)| 100.0 * ours / theirs).collect();
     ratios.sort_by(f64::total_cmp);
-    ratios
+    let listed = ratios
         .iter()
         .map(|r| format!("{r:.1}"))
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    format!("{listed} % (median {:.1} %)", median(ratios))
 }
 
 /// CPU time per thread name over several rounds, and the tokens streamed.
