@@ -317,17 +317,17 @@ async fn main() -> Result<()> {
         // A warm-up round, then alternating ones: llama-server first in even
         // rounds, modhost first in odd ones, so that neither always runs on
         // a machine the other has just warmed (or heated).
+        let theirs_on = Target {
+            base: &anchor.base,
+            pid: anchor.pid(),
+            modhost: false,
+        };
+        let ours_on = Target {
+            base: &server.base,
+            pid: server_pid,
+            modhost: true,
+        };
         for r in 0..=rounds {
-            let theirs_on = Target {
-                base: &anchor.base,
-                pid: anchor.pid(),
-                modhost: false,
-            };
-            let ours_on = Target {
-                base: &server.base,
-                pid: server_pid,
-                modhost: true,
-            };
             let (a, m);
             if r % 2 == 0 {
                 a = measured_round(&http, &theirs_on, n, r, tokens, &mut their_cpu).await?;
