@@ -45,7 +45,7 @@ use common::anchor::{llama_server_binary, llama_server_version, LlamaServer};
 use common::openai::stream_chat;
 use common::{
     bench_model, build_release_binaries, cpu_by_thread, llama_chat_server, machine, median,
-    num_cpus, round_ratios, Args, CpuTally,
+    model_in_huge_pages, num_cpus, round_ratios, Args, CpuTally,
 };
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
@@ -298,10 +298,13 @@ async fn main() -> Result<()> {
     println!("\n| chats | modhost decode tok/s | llama-server decode tok/s | decode ratio | modhost end to end tok/s | llama-server end to end tok/s | end to end ratio |");
     println!("|---|---|---|---|---|---|---|");
     let mut cpu = Vec::new();
+    let mut pages = Vec::new();
     for &n in &counts {
-        let anchor = LlamaServer::start(&server_bin, &model, threads, n, CTX_PER_SLOT).await?;
         let ctx = CTX_PER_SLOT.to_string();
         let slots = n.to_string();
+        // modhost first: LlamaChat puts the model file in the page cache in
+        // 2 MiB pages, which llama-server's map of the same file then gets
+        // too, so both decode from the same pages.
         let server = llama_chat_server(
             &model,
             threads as u32,
@@ -311,9 +314,15 @@ async fn main() -> Result<()> {
             ],
         )
         .await?;
+        let anchor = LlamaServer::start(&server_bin, &model, threads, n, CTX_PER_SLOT).await?;
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         let (mut our_cpu, mut their_cpu) = (CpuTally::default(), CpuTally::default());
         let server_pid = server.pid().context("modhost's pid")?;
+        pages.push((
+            n,
+            model_in_huge_pages(anchor.pid(), &model),
+            model_in_huge_pages(server_pid, &model),
+        ));
         // A warm-up round, then alternating ones: llama-server first in even
         // rounds, modhost first in odd ones, so that neither always runs on
         // a machine the other has just warmed (or heated).
@@ -370,6 +379,14 @@ async fn main() -> Result<()> {
         cpu.push((n, ratios, their_cpu, our_cpu));
     }
     println!("(medians of {rounds} alternating rounds after a warm-up; targets: ratio ≥ 100 % at 4 and 8 chats)");
+    let share = |s: Option<f64>| s.map_or("?".to_owned(), |s| format!("{:.0} %", 100.0 * s));
+    for (n, theirs, ours) in &pages {
+        println!(
+            "(model in 2 MiB pages at {n} chats: llama-server {}, modhost {})",
+            share(*theirs),
+            share(*ours)
+        );
+    }
     println!(
         "\nCPU time per generated token, by process/thread (prompts included; /proc, 10 ms ticks):"
     );
@@ -383,7 +400,6 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     // The follow-up turn, one chat at a time.
-    let anchor = LlamaServer::start(&server_bin, &model, threads, 1, CTX_PER_SLOT).await?;
     let ctx = CTX_PER_SLOT.to_string();
     let server = llama_chat_server(
         &model,
@@ -391,6 +407,7 @@ async fn main() -> Result<()> {
         &[("CPAI_MODULE_LLAMA_CONTEXT_SIZE", &ctx)],
     )
     .await?;
+    let anchor = LlamaServer::start(&server_bin, &model, threads, 1, CTX_PER_SLOT).await?;
     let (mut ours, mut theirs, mut prompt_tokens) = (Vec::new(), Vec::new(), 0);
     for r in 0..rounds {
         theirs.push(follow_up(&http, &anchor.base, 100 + r).await?);

@@ -83,6 +83,9 @@ pub struct EngineConfig {
     /// are on their way before it decodes a burst's prompts
     /// ([`crate::scheduler::GATHER_MAX`] by default).
     pub gather_max: Duration,
+    /// Put the model file in the page cache in 2 MiB pages before loading
+    /// it, when its weights stay on the CPU ([`crate::hugepages`]).
+    pub huge_pages: bool,
 }
 
 impl Default for EngineConfig {
@@ -94,7 +97,23 @@ impl Default for EngineConfig {
             gpu_layers: None,
             parallel: DEFAULT_PARALLEL,
             gather_max: crate::scheduler::GATHER_MAX,
+            huge_pages: true,
         }
+    }
+}
+
+/// [`crate::hugepages::warm`] on the model file, logging what it did: the
+/// model loads either way.
+fn warm_pages(path: &Path) {
+    match crate::hugepages::warm(path) {
+        Ok(w) => tracing::info!(
+            before = format!("{:.0} %", 100.0 * w.before),
+            after = format!("{:.0} %", 100.0 * w.after),
+            reread = w.reread,
+            took_ms = w.took.as_millis() as u64,
+            "model file in 2 MiB pages"
+        ),
+        Err(e) => tracing::warn!("cannot put the model file in 2 MiB pages: {e}"),
     }
 }
 
@@ -182,6 +201,10 @@ impl LlamaEngine {
             } else {
                 0
             });
+        let on_gpu = gpu_layers > 0 && backend.supports_gpu_offload();
+        if config.huge_pages && !on_gpu {
+            warm_pages(path);
+        }
         let params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
         let failed = |reason: String| LoadError::Load {
             path: path.to_path_buf(),
@@ -228,7 +251,7 @@ impl LlamaEngine {
             format,
             n_ctx,
             name,
-            on_gpu: gpu_layers > 0 && backend.supports_gpu_offload(),
+            on_gpu,
             config,
             scheduler,
         })

@@ -203,11 +203,14 @@ fn final_result(reply: String, s: &Summary, model: &str) -> Map<String, Value> {
 /// cores), `CPAI_MODULE_LLAMA_CONTEXT_SIZE` (tokens per slot; default the
 /// model's, capped at 4096; 0 = the model's), `CPAI_MODULE_LLAMA_BATCH_SIZE`
 /// (default 512), `CPAI_MODULE_LLAMA_GPU_LAYERS` (default: all when llama.cpp
-/// was built with GPU support) and `CPAI_MODULE_LLAMA_PARALLEL` (slots: chats
-/// decoded together; default [`DEFAULT_PARALLEL`]).
+/// was built with GPU support), `CPAI_MODULE_LLAMA_PARALLEL` (slots: chats
+/// decoded together; default [`DEFAULT_PARALLEL`]) and
+/// `CPAI_MODULE_LLAMA_HUGE_PAGES` (`true` or `false`, default `true`: see
+/// [`crate::hugepages`]).
 ///
 /// # Errors
-/// A variable that is not a non-negative integer, naming it.
+/// A number that is not a non-negative integer, or a switch that is not
+/// `true` or `false`, naming the variable.
 pub fn engine_config_from_env(
     var: impl Fn(&str) -> Option<String>,
 ) -> Result<EngineConfig, ModuleError> {
@@ -225,8 +228,26 @@ pub fn engine_config_from_env(
         parallel: number("CPAI_MODULE_LLAMA_PARALLEL")?
             .filter(|&n| n > 0)
             .unwrap_or(DEFAULT_PARALLEL),
+        huge_pages: env_switch(&var, "CPAI_MODULE_LLAMA_HUGE_PAGES")?
+            .unwrap_or(defaults.huge_pages),
         ..defaults
     })
+}
+
+fn env_switch(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &str,
+) -> Result<Option<bool>, ModuleError> {
+    let Some(value) = var(name).filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(Some(true)),
+        "false" | "0" | "no" | "off" => Ok(Some(false)),
+        _ => Err(ModuleError::new(format!(
+            "{name} is '{value}': expected true or false"
+        ))),
+    }
 }
 
 /// Chats that may wait for a slot: `CPAI_MODULE_LLAMA_QUEUE`, default
@@ -505,6 +526,15 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "CPAI_MODULE_LLAMA_QUEUE is 'lots': expected a whole number"
+        );
+        assert!(engine_config_from_env(env(&[])).unwrap().huge_pages);
+        let off = env(&[("CPAI_MODULE_LLAMA_HUGE_PAGES", " False ")]);
+        assert!(!engine_config_from_env(off).unwrap().huge_pages);
+        let err =
+            engine_config_from_env(env(&[("CPAI_MODULE_LLAMA_HUGE_PAGES", "maybe")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "CPAI_MODULE_LLAMA_HUGE_PAGES is 'maybe': expected true or false"
         );
     }
 

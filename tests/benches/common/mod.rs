@@ -178,8 +178,7 @@ pub async fn llama_chat_server(
 /// clock ticks of 10 ms on Linux: sum over a run of seconds, not a token).
 pub fn cpu_by_thread(pid: u32) -> BTreeMap<String, Duration> {
     let mut out = BTreeMap::new();
-    let mut pids = vec![pid];
-    while let Some(pid) = pids.pop() {
+    for pid in process_tree(pid) {
         let process = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             continue;
@@ -189,15 +188,8 @@ pub fn cpu_by_thread(pid: u32) -> BTreeMap<String, Duration> {
         let mut live = Duration::ZERO;
         let whole = cpu_ticks(&format!("/proc/{pid}/stat")).map(|(_, d)| d);
         for task in tasks.flatten() {
-            let dir = task.path();
-            if let Ok(children) = std::fs::read_to_string(dir.join("children")) {
-                pids.extend(
-                    children
-                        .split_whitespace()
-                        .filter_map(|c| c.parse::<u32>().ok()),
-                );
-            }
-            let Some((name, used)) = cpu_ticks(&dir.join("stat").display().to_string()) else {
+            let Some((name, used)) = cpu_ticks(&task.path().join("stat").display().to_string())
+            else {
                 continue;
             };
             live += used;
@@ -210,6 +202,47 @@ pub fn cpu_by_thread(pid: u32) -> BTreeMap<String, Duration> {
         }
     }
     out
+}
+
+/// Process `pid` and its descendants (`/proc/<pid>/task/*/children`).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let (mut todo, mut all) = (vec![pid], Vec::new());
+    while let Some(pid) = todo.pop() {
+        all.push(pid);
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
+                todo.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    all
+}
+
+/// The share of `model`'s mappings in process `pid` and its descendants
+/// that is mapped in 2 MiB pages (`FilePmdMapped` over `Size` in their
+/// smaps; see `llama_chat::hugepages`), `0.0..=1.0`; `None` when none of
+/// them maps it.
+pub fn model_in_huge_pages(pid: u32, model: &std::path::Path) -> Option<f64> {
+    let model = model.canonicalize().ok()?;
+    let suffix = format!(" {}", model.display());
+    let (mut size, mut pmd) = (0, 0);
+    for pid in process_tree(pid) {
+        let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+            continue;
+        };
+        if let Some(m) = llama_chat::hugepages::mapped_bytes(&smaps, |h| h.ends_with(&suffix)) {
+            size += m.size;
+            pmd += m.pmd;
+        }
+    }
+    (size > 0).then(|| pmd as f64 / size as f64)
 }
 
 /// The name and CPU time (user + system) in a `/proc/.../stat` file.
