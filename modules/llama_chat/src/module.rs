@@ -238,14 +238,14 @@ fn env_switch(
     var: &impl Fn(&str) -> Option<String>,
     name: &str,
 ) -> Result<Option<bool>, ModuleError> {
-    let Some(value) = var(name).filter(|v| !v.trim().is_empty()) else {
+    let Some(v) = env_value(var, name) else {
         return Ok(None);
     };
-    match value.trim().to_ascii_lowercase().as_str() {
+    match v.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(Some(true)),
         "false" | "0" | "no" | "off" => Ok(Some(false)),
         _ => Err(ModuleError::new(format!(
-            "{name} is '{value}': expected true or false"
+            "{name} is '{v}': expected true or false"
         ))),
     }
 }
@@ -263,16 +263,20 @@ fn env_number(
     var: &impl Fn(&str) -> Option<String>,
     name: &str,
 ) -> Result<Option<u32>, ModuleError> {
-    match var(name)
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-    {
+    match env_value(var, name) {
         None => Ok(None),
         Some(v) => v
             .parse::<u32>()
             .map(Some)
             .map_err(|_| ModuleError::new(format!("{name} is '{v}': expected a whole number"))),
     }
+}
+
+/// Variable `name`, trimmed; `None` when unset or blank.
+fn env_value(var: &impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+    var(name)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
 }
 
 impl ModuleRunner for LlamaChat {
