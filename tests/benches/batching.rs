@@ -6,7 +6,9 @@
 //! LlamaChat at `CPAI_MODULE_LLAMA_PARALLEL` = chats and llama-server with
 //! `-np` = chats, on the same GGUF (the generated `bench` model), threads and
 //! per-slot context, and runs the chats at once on each, alternating rounds,
-//! greedy, a fixed `max_tokens`, each chat a prompt of its own. It prints:
+//! greedy, a fixed `max_tokens`, each chat a conversation of its own, given
+//! to both servers as the same `messages` JSON (so both decode the same
+//! prompt tokens; the bench says so if they differ). It prints:
 //!
 //! - *aggregate decode tokens/s*: the sum over the chats of each one's decode
 //!   rate as its server measures it (llama-server's
@@ -57,22 +59,29 @@ const CTX_PER_SLOT: usize = 2048;
 /// What one chat reported.
 struct Chat {
     tokens: u64,
+    /// Tokens of its rendered prompt, cached ones included.
+    prompt_tokens: u64,
     decode_tps: f64,
     /// When its first text arrived, from the start of its round.
     first: Duration,
 }
 
-/// A prompt of its own for chat `i` of round `round`, so that no prompt
-/// cache helps either server.
-fn prompt(round: usize, i: usize) -> String {
-    format!("Round {round}, chat {i}: tell me a long story about the planets and their moons.")
+/// The conversation of chat `i` of round `round`, the same JSON for both
+/// servers (so that both decode the same tokens; LlamaChat would otherwise
+/// add its default system prompt): one user message of its own, so that no
+/// prompt cache helps either server beyond the template's first tokens.
+fn conversation(round: usize, i: usize) -> Value {
+    json!([{
+        "role": "user",
+        "content": format!("Round {round}, chat {i}: tell me a long story about the planets and their moons."),
+    }])
 }
 
 /// One chat through modhost's one-call SSE form; its final statistics.
 async fn modhost_chat(
     http: &reqwest::Client,
     base: &str,
-    text: &str,
+    messages: &Value,
     tokens: u64,
     started: Instant,
 ) -> Result<Chat> {
@@ -80,7 +89,7 @@ async fn modhost_chat(
         .post(format!("{base}/v1/text/chat"))
         .header("Accept", "text/event-stream")
         .form(&[
-            ("prompt", text),
+            ("messages", messages.to_string().as_str()),
             ("max_tokens", &tokens.to_string()),
             ("temperature", "0"),
         ])
@@ -100,6 +109,7 @@ async fn modhost_chat(
                     tokens: done["completion_tokens"]
                         .as_u64()
                         .context("completion_tokens")?,
+                    prompt_tokens: done["prompt_tokens"].as_u64().context("prompt_tokens")?,
                     decode_tps: done["tokens_per_second"]
                         .as_f64()
                         .context("tokens_per_second")?,
@@ -118,14 +128,14 @@ async fn modhost_chat(
 async fn anchor_chat(
     http: &reqwest::Client,
     base: &str,
-    text: &str,
+    messages: &Value,
     tokens: u64,
     started: Instant,
 ) -> Result<Chat> {
     let response = http
         .post(format!("{base}/v1/chat/completions"))
         .json(&json!({
-            "messages": [{"role": "user", "content": text}],
+            "messages": messages,
             "max_tokens": tokens, "temperature": 0, "ignore_eos": true, "stream": true,
         }))
         .send()
@@ -145,6 +155,8 @@ async fn anchor_chat(
         if let Some(decode_tps) = timings["predicted_per_second"].as_f64() {
             return Ok(Chat {
                 tokens: timings["predicted_n"].as_u64().context("predicted_n")?,
+                prompt_tokens: timings["prompt_n"].as_u64().context("prompt_n")?
+                    + timings["cache_n"].as_u64().unwrap_or(0),
                 decode_tps,
                 first: first.context("no text before the end")?,
             });
@@ -161,6 +173,9 @@ struct Round {
     end_to_end: f64,
     /// Tokens in all.
     tokens: u64,
+    /// Prompt tokens of each chat, in order (the same on both servers when
+    /// both rendered the same conversation).
+    prompts: Vec<u64>,
     /// When each chat's first text came, ms from the start, in order.
     firsts: Vec<f64>,
 }
@@ -204,12 +219,12 @@ async fn round(
 ) -> Result<Round> {
     let started = Instant::now();
     let chats = futures_util::future::try_join_all((0..n).map(|i| {
-        let text = prompt(round, i);
+        let messages = conversation(round, i);
         async move {
             if modhost {
-                modhost_chat(http, base, &text, tokens, started).await
+                modhost_chat(http, base, &messages, tokens, started).await
             } else {
-                anchor_chat(http, base, &text, tokens, started).await
+                anchor_chat(http, base, &messages, tokens, started).await
             }
         }
     }))
@@ -223,6 +238,7 @@ async fn round(
         decode,
         end_to_end: total as f64 / wall,
         tokens: total,
+        prompts: chats.iter().map(|c| c.prompt_tokens).collect(),
         firsts,
     })
 }
@@ -299,6 +315,7 @@ async fn main() -> Result<()> {
     println!("|---|---|---|---|---|---|---|");
     let mut cpu = Vec::new();
     let mut pages = Vec::new();
+    let mut prompts = Vec::new();
     for &n in &counts {
         let ctx = CTX_PER_SLOT.to_string();
         let slots = n.to_string();
@@ -351,6 +368,12 @@ async fn main() -> Result<()> {
                     a.tokens, m.tokens
                 );
             }
+            if a.prompts != m.prompts {
+                println!(
+                    "(round {r}: prompt tokens differ: llama-server {:?}, modhost {:?})",
+                    a.prompts, m.prompts
+                );
+            }
             if show_firsts {
                 println!(
                     "(round {r}, first text at ms: llama-server {:.0?}, modhost {:.0?})",
@@ -364,6 +387,9 @@ async fn main() -> Result<()> {
         }
         drop(server);
         drop(anchor);
+        if let Some(last) = ours.last() {
+            prompts.push((n, last.prompts.clone()));
+        }
         let decode = |v: &[Round]| median(v.iter().map(|r| r.decode).collect());
         let e2e = |v: &[Round]| median(v.iter().map(|r| r.end_to_end).collect());
         println!(
@@ -386,6 +412,9 @@ async fn main() -> Result<()> {
             share(*theirs),
             share(*ours)
         );
+    }
+    for (n, tokens) in &prompts {
+        println!("(prompt tokens of the {n} chats in the last round, the same on both unless said above: {tokens:?})");
     }
     println!(
         "\nCPU time per generated token, by process/thread (prompts included; /proc, 10 ms ticks):"
