@@ -266,8 +266,9 @@ impl<'m> DecodeLoop<'m> {
     }
 
     /// After waking from idle: takes the chats that arrive within
-    /// [`GATHER_GAP`] of each other, and those prepared and still on their
-    /// way (up to [`SchedulerSpec::gather_max`] in all, or until every slot
+    /// [`GATHER_GAP`] of each other, and those being prepared or prepared
+    /// and still on their way, including those that set out while it waited
+    /// (up to [`SchedulerSpec::gather_max`] in all, or until every slot
     /// has one), so that a burst of chats has its prompts decoded in one
     /// batch. Chats reach the module a millisecond or two apart (its poll
     /// workers take them from the server's queue a few at a time); without
@@ -276,15 +277,20 @@ impl<'m> DecodeLoop<'m> {
     /// decode rate counts the others' prompts.
     fn gather(&mut self, incoming: &Receiver<Admission>) {
         let deadline = Instant::now() + self.gather_max;
+        let mut timed_out = false;
         while self.pending.len() < self.slots.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let expected = self.figures.on_its_way.load(Ordering::SeqCst) > 0;
-            // A chat on its way is looked for every millisecond.
-            let wait = if expected { GATHER_POLL } else { GATHER_GAP };
-            match incoming.recv_timeout(wait.min(left)) {
-                Ok(admission) => self.pending.push_back(admission),
-                Err(RecvTimeoutError::Timeout) if expected && !left.is_zero() => {}
-                Err(_) => return,
+            // Read again after each wait: a chat may have set out during it.
+            let on_its_way = self.figures.on_its_way.load(Ordering::SeqCst) > 0;
+            let Some(wait) = gather_wait(Instant::now(), deadline, on_its_way, timed_out) else {
+                return;
+            };
+            match incoming.recv_timeout(wait) {
+                Ok(admission) => {
+                    self.pending.push_back(admission);
+                    timed_out = false;
+                }
+                Err(RecvTimeoutError::Timeout) => timed_out = true,
+                Err(RecvTimeoutError::Disconnected) => return,
             }
         }
     }
@@ -533,6 +539,23 @@ impl<'m> DecodeLoop<'m> {
 }
 
 /// How many leading tokens `a` and `b` share.
+/// The gathering's next wait for a chat, or `None` when it is over: at
+/// `deadline`, or when a wait ran out (`timed_out`) and no chat is on its
+/// way. While one is, it is looked for every [`GATHER_POLL`]; with none, the
+/// next chat gets one [`GATHER_GAP`] to come.
+fn gather_wait(
+    now: Instant,
+    deadline: Instant,
+    on_its_way: bool,
+    timed_out: bool,
+) -> Option<Duration> {
+    let left = deadline.saturating_duration_since(now);
+    if left.is_zero() || (timed_out && !on_its_way) {
+        return None;
+    }
+    Some(if on_its_way { GATHER_POLL } else { GATHER_GAP }.min(left))
+}
+
 fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
@@ -547,5 +570,26 @@ mod tests {
         assert_eq!(common_prefix(&t(&[1, 2, 3]), &t(&[1, 2, 4, 5])), 2);
         assert_eq!(common_prefix(&t(&[]), &t(&[1])), 0);
         assert_eq!(common_prefix(&t(&[1, 2]), &t(&[1, 2])), 2);
+    }
+
+    #[test]
+    fn gathering_goes_on_while_a_chat_is_on_its_way_even_one_that_set_out_during_a_wait() {
+        let now = Instant::now();
+        let deadline = now + Duration::from_millis(20);
+        // Nothing on its way: one gap for the next chat, then it is over.
+        assert_eq!(gather_wait(now, deadline, false, false), Some(GATHER_GAP));
+        assert_eq!(gather_wait(now, deadline, false, true), None);
+        // A chat that set out while the gap ran is waited for, a poll at a
+        // time (a burst used to be split here: the wait that ran out had
+        // been chosen with nothing on its way, and ended the gathering).
+        assert_eq!(gather_wait(now, deadline, true, true), Some(GATHER_POLL));
+        assert_eq!(gather_wait(now, deadline, true, false), Some(GATHER_POLL));
+        // Never past the deadline.
+        let close = deadline - Duration::from_micros(300);
+        assert_eq!(
+            gather_wait(close, deadline, true, true),
+            Some(Duration::from_micros(300))
+        );
+        assert_eq!(gather_wait(deadline, deadline, true, false), None);
     }
 }
