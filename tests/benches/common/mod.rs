@@ -283,10 +283,13 @@ pub fn cpu_used(
 }
 
 /// modhost's decode rate over llama-server's in each round, in %, sorted and
-/// written `a, b, c % (median m %)` (to 0.1): each round's two runs, seconds
-/// apart, see the same machine, so their spread says how far the medians can
-/// be trusted, and the median of these paired ratios is less moved by the
-/// machine's drift over the run than the ratio of the two medians.
+/// written `a, b, c % (median m %, mean g % ± e %)` (to 0.1): each round's
+/// two runs, seconds apart, see the same machine, so their spread says how
+/// far the medians can be trusted, and the median of these paired ratios is
+/// less moved by the machine's drift over the run than the ratio of the two
+/// medians. The mean is geometric and `e` its standard error (from the
+/// logarithms' spread, `None` below two rounds): a mean two standard errors
+/// from 100 % is a difference the rounds' noise does not explain.
 pub fn round_ratios(pairs: impl Iterator<Item = (f64, f64)>) -> String {
     let mut ratios: Vec<f64> = pairs.map(|(ours, theirs)| 100.0 * ours / theirs).collect();
     ratios.sort_by(f64::total_cmp);
@@ -295,7 +298,26 @@ pub fn round_ratios(pairs: impl Iterator<Item = (f64, f64)>) -> String {
         .map(|r| format!("{r:.1}"))
         .collect::<Vec<_>>()
         .join(", ");
-    format!("{listed} % (median {:.1} %)", median(ratios))
+    let mean = match geometric_mean_and_error(&ratios) {
+        Some((mean, error)) => format!(", mean {mean:.1} % ± {error:.1} %"),
+        None => String::new(),
+    };
+    format!("{listed} % (median {:.1} %{mean})", median(ratios))
+}
+
+/// The geometric mean of `values` (all positive) and its standard error, in
+/// their unit; `None` for fewer than two.
+fn geometric_mean_and_error(values: &[f64]) -> Option<(f64, f64)> {
+    let n = values.len();
+    if n < 2 {
+        return None;
+    }
+    let logs: Vec<f64> = values.iter().map(|v| v.ln()).collect();
+    let mean = logs.iter().sum::<f64>() / n as f64;
+    let variance = logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let error = (variance / n as f64).sqrt();
+    // The error of the logarithm, as a relative error of the mean.
+    Some((mean.exp(), mean.exp() * error))
 }
 
 /// CPU time per thread name over several rounds, and the tokens streamed.
