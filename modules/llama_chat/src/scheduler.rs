@@ -538,7 +538,6 @@ impl<'m> DecodeLoop<'m> {
     }
 }
 
-/// How many leading tokens `a` and `b` share.
 /// The gathering's next wait for a chat, or `None` when it is over: at
 /// `deadline`, or when a wait ran out (`timed_out`) and no chat is on its
 /// way. While one is, it is looked for every [`GATHER_POLL`]; with none, the
@@ -556,6 +555,7 @@ fn gather_wait(
     Some(if on_its_way { GATHER_POLL } else { GATHER_GAP }.min(left))
 }
 
+/// How many leading tokens `a` and `b` share.
 fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }

@@ -288,8 +288,8 @@ pub fn cpu_used(
 /// far the medians can be trusted, and the median of these paired ratios is
 /// less moved by the machine's drift over the run than the ratio of the two
 /// medians. The mean is geometric and `e` its standard error (from the
-/// logarithms' spread, `None` below two rounds): a mean two standard errors
-/// from 100 % is a difference the rounds' noise does not explain.
+/// logarithms' spread; both left out below two rounds): a mean two standard
+/// errors from 100 % is a difference the rounds' noise does not explain.
 pub fn round_ratios(pairs: impl Iterator<Item = (f64, f64)>) -> String {
     let mut ratios: Vec<f64> = pairs.map(|(ours, theirs)| 100.0 * ours / theirs).collect();
     ratios.sort_by(f64::total_cmp);
