@@ -18,7 +18,8 @@
 //!
 //! Flags: `--quick` (fewer requests and rounds), `--no-llm` (host figures
 //! only), `--no-host` (chat figures only), `--models tiny,bench`, `--threads N` (llama.cpp threads; default
-//! all cores).
+//! all cores), `--rounds N` (decode rounds per model; default 7 on tiny, 3 on
+//! bench, 2 with `--quick`).
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use common::{
     bench_model, build_release_binaries, llama_chat_server, machine, median, ms, num_cpus,
-    percentile, rss_mib,
+    percentile, round_ratios, rss_mib,
 };
 use llama_chat::engine::{backend, EngineConfig, LlamaEngine};
 use llama_chat::generation::decode_rate;
@@ -51,6 +52,8 @@ struct Options {
     llm: bool,
     models: Vec<String>,
     threads: u32,
+    /// Decode rounds per model, when not the preset's.
+    rounds: Option<usize>,
 }
 
 fn main() -> Result<()> {
@@ -81,6 +84,7 @@ fn main() -> Result<()> {
             .map(|t| t.parse())
             .transpose()?
             .unwrap_or_else(llama_chat::engine::default_threads),
+        rounds: flag_value("--rounds").map(|n| n.parse()).transpose()?,
     };
     build_release_binaries()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -503,6 +507,7 @@ async fn chat_throughput(preset: &str, options: &Options) -> Result<()> {
         (_, true) => (32, 2, 4),
         (_, false) => (64, 3, 15),
     };
+    let rounds = options.rounds.unwrap_or(rounds);
     let threads = options.threads;
     println!("\n## LlamaChat on the {preset} model ({} MiB), {threads} threads, {max_tokens} tokens, temperature {TEMPERATURE}", std::fs::metadata(&path)?.len() >> 20);
 
@@ -585,6 +590,19 @@ async fn chat_throughput(preset: &str, options: &Options) -> Result<()> {
         );
     }
     println!("| through modhost: the module's figures | {h_tps:.1} | {h_ttft:.2} | | |");
+    let paired = |runs: &[ChatRun]| {
+        round_ratios(
+            module
+                .iter()
+                .zip(runs)
+                .map(|(m, d)| (m.tokens_per_second, d.tokens_per_second)),
+        )
+    };
+    println!(
+        "(modhost's decode over the loop's, round by round: fresh context {}; kept context {})",
+        paired(&fresh),
+        paired(&reused)
+    );
     println!(
         "| through modhost: module + command delivery ({hop_ms:.2} ms, an idle command round trip) | | {ttft_hosted:.2} | | |"
     );

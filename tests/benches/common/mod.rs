@@ -282,7 +282,8 @@ pub fn cpu_used(
         .collect()
 }
 
-/// modhost's decode rate over llama-server's in each round, in %, sorted and
+/// modhost's decode rate over the other's (llama-server's, or a direct
+/// loop's) in each round, in %, sorted and
 /// written `a, b, c % (median m %, mean g % ± e %)` (to 0.1): each round's
 /// two runs, seconds apart, see the same machine, so their spread says how
 /// far the medians can be trusted, and the median of these paired ratios is
