@@ -465,11 +465,11 @@ mod tests {
         ));
         assert_eq!(error.file, file);
         assert_eq!(error.json_path, "/Modules/Echo/LaunchSettings/Parallelism");
-        assert_eq!(error.problem, r#""two" is not of types "integer", "null""#);
+        assert_eq!(error.problem, r#""two" is not of types "null", "integer""#);
         assert_eq!(
             error.to_string(),
             format!(
-                r#"{}: /Modules/Echo/LaunchSettings/Parallelism: "two" is not of types "integer", "null""#,
+                r#"{}: /Modules/Echo/LaunchSettings/Parallelism: "two" is not of types "null", "integer""#,
                 file.display()
             )
         );

@@ -11,7 +11,7 @@
 
 use std::sync::LazyLock;
 
-use jsonschema::paths::{LazyLocation, Location};
+use jsonschema::paths::Location;
 use jsonschema::{Keyword, ValidationError, Validator};
 use serde_json::{Map, Value};
 
@@ -48,7 +48,7 @@ pub(crate) fn validate(document: &Value) -> Vec<Violation> {
     let mut violations: Vec<Violation> = VALIDATOR
         .iter_errors(document)
         .map(|error| Violation {
-            json_path: error.instance_path.to_string(),
+            json_path: error.instance_path().to_string(),
             problem: shorten(error.to_string()),
         })
         .collect();
@@ -68,7 +68,6 @@ fn shorten(mut problem: String) -> String {
 /// `x-enum`: the value, when a string, must parse as the named enum.
 struct EnumKeyword {
     type_name: String,
-    schema_path: Location,
 }
 
 // The signature is jsonschema's keyword-factory type; its error type is not ours to box.
@@ -76,47 +75,34 @@ struct EnumKeyword {
 fn enum_keyword<'a>(
     _parent: &'a Map<String, Value>,
     value: &'a Value,
-    schema_path: Location,
-) -> Result<Box<dyn Keyword>, ValidationError<'a>> {
+    _schema_path: Location,
+) -> Result<Box<dyn for<'i> Keyword<'i>>, ValidationError<'a>> {
     let known = value
         .as_str()
         .filter(|name| check_enum_value(name, "").is_some());
     match known {
         Some(type_name) => Ok(Box::new(EnumKeyword {
             type_name: type_name.to_owned(),
-            schema_path,
         })),
-        None => Err(ValidationError::custom(
-            Location::new(),
-            schema_path,
-            value,
+        None => Err(ValidationError::schema(
             "x-enum must name RuntimeLocation, LogVerbosity or ParamType",
         )),
     }
 }
 
-impl Keyword for EnumKeyword {
-    fn validate<'i>(
-        &self,
-        instance: &'i Value,
-        location: &LazyLocation,
-    ) -> Result<(), ValidationError<'i>> {
+impl<'i> Keyword<'i> for EnumKeyword {
+    fn validate(&self, instance: &'i Value) -> Result<(), ValidationError<'i>> {
         // Non-strings are left to the `type` keyword.
         let Some(text) = instance.as_str() else {
             return Ok(());
         };
         match check_enum_value(&self.type_name, text) {
-            Some(Err(unknown)) => Err(ValidationError::custom(
-                self.schema_path.clone(),
-                location.into(),
-                instance,
-                unknown.to_string(),
-            )),
+            Some(Err(unknown)) => Err(ValidationError::custom(unknown.to_string())),
             _ => Ok(()),
         }
     }
 
-    fn is_valid(&self, instance: &Value) -> bool {
+    fn is_valid(&self, instance: &'i Value) -> bool {
         instance
             .as_str()
             .is_none_or(|text| matches!(check_enum_value(&self.type_name, text), Some(Ok(()))))
@@ -126,7 +112,6 @@ impl Keyword for EnumKeyword {
 /// `x-requiredAnyOf`: each group of property names needs one that is set.
 struct RequiredAnyOf {
     groups: Vec<Vec<String>>,
-    schema_path: Location,
 }
 
 // The signature is jsonschema's keyword-factory type; its error type is not ours to box.
@@ -134,8 +119,8 @@ struct RequiredAnyOf {
 fn required_any_of_keyword<'a>(
     _parent: &'a Map<String, Value>,
     value: &'a Value,
-    schema_path: Location,
-) -> Result<Box<dyn Keyword>, ValidationError<'a>> {
+    _schema_path: Location,
+) -> Result<Box<dyn for<'i> Keyword<'i>>, ValidationError<'a>> {
     let groups: Option<Vec<Vec<String>>> = value.as_array().and_then(|groups| {
         groups
             .iter()
@@ -149,14 +134,8 @@ fn required_any_of_keyword<'a>(
             .collect()
     });
     match groups {
-        Some(groups) => Ok(Box::new(RequiredAnyOf {
-            groups,
-            schema_path,
-        })),
-        None => Err(ValidationError::custom(
-            Location::new(),
-            schema_path,
-            value,
+        Some(groups) => Ok(Box::new(RequiredAnyOf { groups })),
+        None => Err(ValidationError::schema(
             "x-requiredAnyOf must be an array of arrays of property names",
         )),
     }
@@ -181,12 +160,8 @@ impl RequiredAnyOf {
     }
 }
 
-impl Keyword for RequiredAnyOf {
-    fn validate<'i>(
-        &self,
-        instance: &'i Value,
-        location: &LazyLocation,
-    ) -> Result<(), ValidationError<'i>> {
+impl<'i> Keyword<'i> for RequiredAnyOf {
+    fn validate(&self, instance: &'i Value) -> Result<(), ValidationError<'i>> {
         let unmet = self.unmet_groups(instance);
         if unmet.is_empty() {
             return Ok(());
@@ -199,15 +174,10 @@ impl Keyword for RequiredAnyOf {
                 format!("one of {} is required", names.join(" or "))
             })
             .collect();
-        Err(ValidationError::custom(
-            self.schema_path.clone(),
-            location.into(),
-            instance,
-            problems.join("; "),
-        ))
+        Err(ValidationError::custom(problems.join("; ")))
     }
 
-    fn is_valid(&self, instance: &Value) -> bool {
+    fn is_valid(&self, instance: &'i Value) -> bool {
         self.unmet_groups(instance).is_empty()
     }
 }
