@@ -37,6 +37,25 @@ pub type JsonMap = serde_json::Map<String, serde_json::Value>;
 /// sees it knows the server speaks the extensions.
 pub const TOKEN_ENV: &str = "MODHOST_MODULE_TOKEN";
 
+/// Environment variable naming the file descriptor of a module's progress
+/// stream (modhost extension, docs/protocol.md §4.2): a Unix stream socket
+/// whose other end the server holds. Set only for modules the server
+/// launches; the value is [`PROGRESS_FD`].
+pub const PROGRESS_FD_ENV: &str = "MODHOST_PROGRESS_FD";
+
+/// The descriptor number the progress stream has in a module the server
+/// launched (after standard input, output and error).
+pub const PROGRESS_FD: i32 = 3;
+
+/// The server's answer, one line, to a progress batch it applied in full on
+/// the progress stream. Any other answer line is `error <why>`
+/// ([`PROGRESS_ERROR_PREFIX`]).
+pub const PROGRESS_ACK: &str = "ok";
+
+/// How the server's answer line to a progress batch it could not apply in
+/// full starts; the rest says why, as the HTTP push's error body would.
+pub const PROGRESS_ERROR_PREFIX: &str = "error ";
+
 /// Header a module sends its per-launch token in (docs/protocol.md §4.1).
 pub const TOKEN_HEADER: &str = "X-Modhost-Token";
 

@@ -20,7 +20,8 @@
 //!   getters.
 //! - `command.rs`: [`CommandHandle`], what a long process publishes.
 //! - `progress.rs`: the module's pending progress pushes, all commands'
-//!   together in one request.
+//!   together in one push; `progress_stream.rs`: the socket they go out on
+//!   when the server launched the module (else HTTP, `client.rs`).
 //! - `registry.rs`: the long commands behind `get_command_status` /
 //!   `cancel_command`: slots, queue ([`LongCapacity`]) and recent results.
 //! - `reply.rs`: reply envelopes, inference counts, `statusData`.
@@ -86,6 +87,8 @@ mod context;
 mod error;
 mod logging;
 mod progress;
+#[cfg(unix)]
+mod progress_stream;
 mod registry;
 mod reply;
 mod request;

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use modhost_protocol::ProgressBatch;
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -607,23 +608,57 @@ async fn serve<R: ModuleRunner>(engine: Arc<Engine<R>>, client: ServerClient) {
 }
 
 /// Pushes the module's long-command progress as it comes: everything
-/// pending, of every command, in one request, one request at a time, so
-/// each command's updates arrive in order; what arrives while a push is in
-/// flight goes in the next. Ends when the hub is closed and empty. A batch
-/// the server cannot take is logged and dropped (after one retry when the
-/// connection failed): the commands go on.
+/// pending, of every command, in one push, one push at a time, so each
+/// command's updates arrive in order; what arrives while a push is in
+/// flight goes in the next. A push goes on the progress stream when the
+/// server gave this process one (docs/protocol.md §4.2), else over HTTP.
+/// Ends when the hub is closed and empty. A batch the server cannot take is
+/// logged and dropped (over HTTP after one retry when the connection
+/// failed): the commands go on. A batch whose stream broke under it is
+/// dropped too, since the server may have applied it, and later ones go
+/// over HTTP.
 async fn push_progress(client: ServerClient, hub: Arc<ProgressHub>) {
+    #[cfg(unix)]
+    let mut stream = crate::progress_stream::ProgressStream::from_env();
+    #[cfg(unix)]
+    if stream.is_some() {
+        info!("progress pushes go over the progress stream the server opened");
+    }
     while let Some(batch) = hub.next().await {
-        let mut result = client.post_progress(&batch).await;
-        if matches!(&result, Err(ClientError::Http(e)) if e.is_connect()) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            result = client.post_progress(&batch).await;
-        }
+        #[cfg(unix)]
+        let result = match stream.as_mut() {
+            Some(s) => match s.push(&batch, PUSH_TIMEOUT).await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    warn!("the progress stream broke ({e}); pushing over HTTP from now on");
+                    stream = None;
+                    Err(format!("the progress stream broke: {e}"))
+                }
+            },
+            None => post_progress(&client, &batch).await,
+        };
+        #[cfg(not(unix))]
+        let result = post_progress(&client, &batch).await;
         if let Err(e) = result {
             debug!(commands = batch.len(), "cannot push progress: {e}");
         }
         hub.sent(&batch);
     }
+}
+
+/// The longest a push over the progress stream waits for its answer.
+#[cfg(unix)]
+const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One push over HTTP, tried again once after 100 ms when it could not
+/// connect.
+async fn post_progress(client: &ServerClient, batch: &ProgressBatch) -> Result<(), String> {
+    let mut result = client.post_progress(batch).await;
+    if matches!(&result, Err(ClientError::Http(e)) if e.is_connect()) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        result = client.post_progress(batch).await;
+    }
+    result.map_err(|e| e.to_string())
 }
 
 /// Resolves on SIGTERM or SIGINT with the signal's name; never resolves if

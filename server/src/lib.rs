@@ -17,6 +17,7 @@
 //! - `jobs`: jobs, their events and retention;
 //! - `registry`: modules, their live state and launch tokens, the route table;
 //! - `supervisor`: module processes: launch, watch, restart with backoff, stop;
+//!   `progress_stream`: the socket a launched module pushes its progress on;
 //! - `access`: API key, origin checks and CORS, in front of every route;
 //! - `api`: the `/v1` endpoints; `payload`: request values and validation;
 //! - `conn`: whether a request's client is still connected;
@@ -40,6 +41,7 @@ mod jobs;
 mod logs;
 mod overrides;
 mod payload;
+mod progress_stream;
 mod queue;
 mod registry;
 mod skills;
@@ -242,6 +244,7 @@ pub async fn run(
         unresponsive_after: config.unresponsive_after,
         stable_run: config.stable_run,
         overrides: Arc::clone(&overrides),
+        max_push_bytes: config.max_body_bytes,
     });
     let (supervisor, module_tasks) = Supervisor::start(
         &modules,

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::jobs::Jobs;
 use crate::logs::{LogLevel, LogService};
 use crate::overrides::{self, Overrides};
+use crate::progress_stream;
 use crate::queue::{Origin, Queues};
 use crate::registry::{Module, ModuleStatus};
 
@@ -97,6 +98,9 @@ pub struct LaunchContext {
     pub stable_run: Duration,
     /// Settings changed from the dashboard, passed as environment.
     pub overrides: Arc<Overrides>,
+    /// Largest progress batch a module may push on its progress stream, in
+    /// bytes (the server's `max_body_bytes`, as for an HTTP push).
+    pub max_push_bytes: usize,
 }
 
 /// Sends start, stop and restart requests to the per-module tasks.
@@ -455,6 +459,9 @@ impl ModuleTask {
             // Its own process group, so stop and shutdown reach the module's children.
             .process_group(0);
         die_with_server(&mut command);
+        let (progress, progress_end) =
+            progress_stream::pair().map_err(|e| format!("cannot make the progress stream: {e}"))?;
+        progress_stream::give_to_child(&mut command, &progress_end);
         // Starting, with the new launch's token, before the spawn: the
         // module's first poll, which makes it Started, may come before this
         // task runs again.
@@ -467,6 +474,8 @@ impl ModuleTask {
             module.update(|s| s.token = None);
             format!("cannot run {}: {err}", program.display())
         })?;
+        // The child has its copy; the stream ends when the module's ends.
+        drop(progress_end);
         let pid = child.id();
         let log_id = self.log(
             LogLevel::Information,
@@ -479,7 +488,12 @@ impl ModuleTask {
             ),
         );
         let name = module.name().to_owned();
-        let mut output = Vec::new();
+        let mut output = vec![tokio::spawn(progress_stream::serve(
+            progress,
+            Arc::clone(&module),
+            Arc::clone(&self.jobs),
+            self.ctx.max_push_bytes,
+        ))];
         if let Some(out) = child.stdout.take() {
             output.push(tokio::spawn(pipe_lines(
                 out,
@@ -956,6 +970,7 @@ mod tests {
             unresponsive_after: Duration::from_secs(30),
             stable_run: Duration::from_secs(30),
             overrides: Arc::new(Overrides::load(root.path()).0),
+            max_push_bytes: 1 << 20,
         };
         let interpreter = |runtime: &str, location: &str| {
             let (program, args) =

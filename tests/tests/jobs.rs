@@ -118,6 +118,20 @@ async fn llama_chat_streams_deltas_that_join_to_its_final_reply_for_an_httpx_sse
     assert_eq!(status["commandStatus"], "completed", "{status}");
     assert_eq!(status["reply"], reply);
     assert_eq!(status["moduleId"], "LlamaChat");
+
+    // Its progress went over the progress stream the server opened at
+    // launch, not over HTTP (docs/protocol.md §4.2).
+    let log = server
+        .get_json("/v1/log/list?count=200&moduleId=LlamaChat")
+        .await
+        .unwrap();
+    let entries = log["entries"].as_array().unwrap();
+    assert!(
+        entries.iter().any(|e| e["entry"]
+            .as_str()
+            .is_some_and(|t| t.contains("progress pushes go over the progress stream"))),
+        "{log}"
+    );
 }
 
 #[tokio::test]
