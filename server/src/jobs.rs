@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use modhost_protocol::{
-    status_reply, CommandStatus, Failure, FailureKind, JsonMap, ProgressUpdate, REPLY_FIELD,
+    status_reply, CommandStatus, Failure, FailureKind, JsonMap, ProgressBatch, ProgressUpdate,
+    REPLY_FIELD,
 };
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -740,6 +741,26 @@ impl Jobs {
         job.push(update);
         self.note_if_finished(&job);
         Ok(())
+    }
+
+    /// Applies each update of a batch pushed by `module_id`, in order, over
+    /// HTTP or on its progress stream (docs/protocol.md §4.2).
+    ///
+    /// # Errors
+    /// The ids `module_id` has no job for, named in one message; the other
+    /// updates are applied.
+    pub fn push_batch(&self, module_id: &str, batch: ProgressBatch) -> Result<(), String> {
+        let unknown: Vec<String> = batch
+            .into_iter()
+            .filter_map(|(id, update)| self.push(module_id, &id, update).err().map(|_| id))
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "module {module_id} has no job '{}' (the other updates were saved)",
+            unknown.join("', '")
+        ))
     }
 
     /// Applies a `get_command_status` reply of `module_id` for job `id`.

@@ -108,19 +108,7 @@ fn apply(line: &[u8], module: &Module, jobs: &Jobs) -> Result<(), String> {
     let batch: ProgressBatch = serde_json::from_slice(line.trim_ascii_end())
         .map_err(|e| format!("malformed progress batch: {e}"))?;
     module.seen();
-    let unknown: Vec<String> = batch
-        .into_iter()
-        .filter_map(|(id, update)| jobs.push(module.id(), &id, update).err().map(|_| id))
-        .collect();
-    if unknown.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "module {} has no job '{}' (the other updates were saved)",
-            module.id(),
-            unknown.join("', '")
-        ))
-    }
+    jobs.push_batch(module.id(), batch)
 }
 
 async fn answer(
@@ -148,16 +136,7 @@ mod tests {
     use crate::registry::ModuleStatus;
 
     fn module(id: &str) -> Arc<Module> {
-        let dir = tempfile::tempdir().unwrap();
-        let manifest = json!({"Modules": {id: {
-            "Name": id, "Version": "1.0.0",
-            "LaunchSettings": {"FilePath": "m", "Runtime": "execute"},
-            "RouteMaps": [{"Name": "r", "Route": "text/chat", "Method": "POST", "Command": "prompt"}],
-        }}});
-        std::fs::write(dir.path().join("modulesettings.json"), manifest.to_string()).unwrap();
-        let manifest =
-            modulesettings::load_module_dir(dir.path(), &modulesettings::Platform::current())
-                .unwrap();
+        let manifest = crate::registry::test_manifest(id, &[("text/chat", "prompt")]);
         Arc::new(Module::new(manifest, ModuleStatus::Started))
     }
 

@@ -311,36 +311,39 @@ fn normalise(route: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// A manifest for tests: module `id` with one POST route map per
+/// `(route, command)`.
+#[cfg(test)]
+pub(crate) fn test_manifest(id: &str, routes: &[(&str, &str)]) -> ModuleManifest {
+    let route_maps: Vec<_> = routes
+        .iter()
+        .map(|(route, command)| {
+            serde_json::json!({"Name": "r", "Route": route, "Method": "POST", "Command": command})
+        })
+        .collect();
+    let text = serde_json::json!({"Modules": {id: {
+        "Name": id, "Version": "1.0.0",
+        "LaunchSettings": {"FilePath": "m", "Runtime": "execute"},
+        "RouteMaps": route_maps,
+    }}});
+    // The manifest is read at once; routing never looks at the directory.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("modulesettings.json"), text.to_string()).unwrap();
+    modulesettings::load_module_dir(dir.path(), &modulesettings::Platform::current()).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn manifest(id: &str, routes: &[(&str, &str)]) -> ModuleManifest {
-        let route_maps: Vec<_> = routes
-            .iter()
-            .map(|(route, command)| {
-                serde_json::json!({"Name": "r", "Route": route, "Method": "POST", "Command": command})
-            })
-            .collect();
-        let text = serde_json::json!({"Modules": {id: {
-            "Name": id, "Version": "1.0.0",
-            "LaunchSettings": {"FilePath": "m", "Runtime": "execute"},
-            "RouteMaps": route_maps,
-        }}});
-        // The manifest is read at once; routing never looks at the directory.
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("modulesettings.json"), text.to_string()).unwrap();
-        modulesettings::load_module_dir(dir.path(), &modulesettings::Platform::current()).unwrap()
-    }
-
     fn registry() -> Registry {
         Registry::new(vec![
             Arc::new(Module::new(
-                manifest("A", &[("text/chat", "prompt")]),
+                test_manifest("A", &[("text/chat", "prompt")]),
                 ModuleStatus::Started,
             )),
             Arc::new(Module::new(
-                manifest(
+                test_manifest(
                     "B",
                     &[("text/chat/long", "long"), ("vision/detect", "detect")],
                 ),

@@ -339,20 +339,12 @@ async fn progress_batch(
         Ok(read) => read,
         Err(answer) => return answer,
     };
-    let unknown: Vec<String> = batch
-        .into_iter()
-        .filter_map(|(id, update)| state.jobs.push(module.id(), &id, update).err().map(|_| id))
-        .collect();
-    if unknown.is_empty() {
-        return progress_saved();
+    match state.jobs.push_batch(module.id(), batch) {
+        Ok(()) => progress_saved(),
+        Err(unknown) => HttpResponse::NotFound()
+            .content_type("text/plain")
+            .body(unknown),
     }
-    HttpResponse::NotFound()
-        .content_type("text/plain")
-        .body(format!(
-            "module {} has no job '{}' (the other updates were saved)",
-            module.id(),
-            unknown.join("', '")
-        ))
 }
 
 fn progress_saved() -> HttpResponse {
