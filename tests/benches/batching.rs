@@ -30,7 +30,8 @@
 //!
 //! Each round's pair of runs, seconds apart, sees the same machine; their
 //! decode ratios, round by round, show how far the medians can be trusted.
-//! The CPU time per token of each server's processes and threads follows.
+//! The CPU time per token of each server's processes and threads follows,
+//! and what the machine did beside it (its cores idle, this client's work).
 //!
 //! Flags: `--quick` (1 round), `--rounds N` (default 3), `--threads N`
 //! (default all cores), `--tokens N` (default 64), `--chats 1,2,4,8`,
@@ -47,7 +48,7 @@ use common::anchor::{llama_server_binary, llama_server_version, LlamaServer};
 use common::openai::stream_chat;
 use common::{
     bench_model, build_release_binaries, cpu_by_thread, llama_chat_server, machine, median,
-    model_in_huge_pages, num_cpus, round_ratios, Args, CpuTally,
+    model_in_huge_pages, num_cpus, round_ratios, Args, Beside, CpuTally,
 };
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
@@ -199,11 +200,12 @@ async fn measured_round(
     tokens: u64,
     tally: &mut CpuTally,
 ) -> Result<Round> {
-    let before = cpu_by_thread(target.pid);
+    let (before, beside) = (cpu_by_thread(target.pid), Beside::now());
     let got = round(http, target.base, target.modhost, n, r, tokens).await?;
-    let after = cpu_by_thread(target.pid);
+    let (after, beside_after) = (cpu_by_thread(target.pid), Beside::now());
     if r > 0 {
         tally.add(&before, &after, got.tokens as usize);
+        tally.add_beside(beside, beside_after);
     }
     Ok(got)
 }

@@ -321,10 +321,48 @@ fn geometric_mean_and_error(values: &[f64]) -> Option<(f64, f64)> {
     Some((mean.exp(), mean.exp() * error))
 }
 
-/// CPU time per thread name over several rounds, and the tokens streamed.
+/// CPU time beside a server's, so far: the machine's cores idle or stolen
+/// by its hypervisor (`/proc/stat`: idle, iowait and steal, all cores
+/// summed) and this bench client's threads (`/proc/self/stat`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Beside {
+    idle: Duration,
+    client: Duration,
+}
+
+impl Beside {
+    /// A reading now; zeros where `/proc` cannot be read.
+    pub fn now() -> Self {
+        // SAFETY: sysconf only reads a configuration value.
+        let tick = 1.0 / (unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64).max(1.0);
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        // "cpu  user nice system idle iowait irq softirq steal ...", in ticks.
+        let idle: u64 = stat
+            .lines()
+            .next()
+            .filter(|l| l.starts_with("cpu "))
+            .map(|l| {
+                let f: Vec<u64> = l
+                    .split_whitespace()
+                    .skip(1)
+                    .map(|v| v.parse().unwrap_or(0))
+                    .collect();
+                [3, 4, 7].iter().filter_map(|&i| f.get(i)).sum()
+            })
+            .unwrap_or(0);
+        Self {
+            idle: Duration::from_secs_f64(idle as f64 * tick),
+            client: cpu_ticks("/proc/self/stat").map_or(Duration::ZERO, |(_, d)| d),
+        }
+    }
+}
+
+/// CPU time per thread name over several rounds, what the machine did
+/// beside them, and the tokens streamed.
 #[derive(Default)]
 pub struct CpuTally {
     used: BTreeMap<String, Duration>,
+    beside: Beside,
     tokens: usize,
 }
 
@@ -342,6 +380,13 @@ impl CpuTally {
         self.tokens += tokens;
     }
 
+    /// Adds what the machine did beside the server between two [`Beside`]
+    /// readings (taken around the same rounds as [`CpuTally::add`]'s).
+    pub fn add_beside(&mut self, before: Beside, after: Beside) {
+        self.beside.idle += after.idle.saturating_sub(before.idle);
+        self.beside.client += after.client.saturating_sub(before.client);
+    }
+
     /// Prints the CPU time per token, in all and by `process/thread`.
     pub fn print(&self, what: &str) {
         let per_token = |d: Duration| d.as_secs_f64() * 1000.0 / self.tokens.max(1) as f64;
@@ -349,6 +394,13 @@ impl CpuTally {
         println!("- {what}: {:.2} ms in all", per_token(total));
         for (name, d) in &self.used {
             println!("  - {name}: {:.3} ms", per_token(*d));
+        }
+        if self.beside.idle + self.beside.client > Duration::ZERO {
+            println!(
+                "  - beside it: the machine's cores idle {:.2} ms, this bench client {:.2} ms",
+                per_token(self.beside.idle),
+                per_token(self.beside.client)
+            );
         }
     }
 }
