@@ -105,7 +105,7 @@ impl ModuleDir {
     /// The SDK's example module `examples/echo` as `modules/Echo`.
     pub fn echo(modules: &Path) -> Result<ModuleDir> {
         let module = Self::copy_from(modules, "Echo", &workspace_root().join("sdk/examples/echo"))?;
-        std::fs::copy(binary("examples/echo"), module.path.join("echo"))?;
+        copy_executable(&binary("examples/echo"), &module.path.join("echo"))?;
         Ok(module)
     }
 
@@ -129,7 +129,7 @@ impl ModuleDir {
         let source = workspace_root().join("modules/llama_chat");
         let module = Self::copy_from(modules, "LlamaChat", &source)?;
         std::fs::create_dir_all(module.path.join("bin"))?;
-        std::fs::copy(binary("llama_chat"), module.path.join("bin/llama_chat"))?;
+        copy_executable(&binary("llama_chat"), &module.path.join("bin/llama_chat"))?;
         let filename = model
             .file_name()
             .context("a model file name")?
@@ -784,4 +784,24 @@ pub fn python_sse_client(args: &[&str]) -> Result<Value> {
         );
     }
     Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Copies the executable `from` to `to` with `cp`, in a process of its own.
+///
+/// A copy made in this process holds `to` open for writing while it runs,
+/// and a child that another test's thread forks meanwhile inherits that
+/// descriptor until it execs: running `to` then fails with "Text file busy"
+/// (ETXTBSY). `cp`'s descriptor is in `cp` alone, and closed when it exits.
+///
+/// # Errors
+/// `cp` cannot be run, or fails (its exit status is named).
+pub fn copy_executable(from: &Path, to: &Path) -> Result<()> {
+    let status = Command::new("cp").arg("--").arg(from).arg(to).status()?;
+    anyhow::ensure!(
+        status.success(),
+        "cp {} {}: {status}",
+        from.display(),
+        to.display()
+    );
+    Ok(())
 }
