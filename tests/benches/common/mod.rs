@@ -245,10 +245,15 @@ pub fn model_in_huge_pages(pid: u32, model: &std::path::Path) -> Option<f64> {
     (size > 0).then(|| pmd as f64 / size as f64)
 }
 
+/// Seconds per clock tick, the unit of `/proc`'s CPU times.
+fn clock_tick() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    1.0 / (unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64).max(1.0)
+}
+
 /// The name and CPU time (user + system) in a `/proc/.../stat` file.
 fn cpu_ticks(path: &str) -> Option<(String, Duration)> {
-    // SAFETY: sysconf only reads a configuration value.
-    let tick = 1.0 / (unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64).max(1.0);
+    let tick = clock_tick();
     let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the parenthesised name: state is 3rd, utime 14th, stime 15th.
     let (name, rest) = stat
@@ -333,8 +338,7 @@ pub struct Beside {
 impl Beside {
     /// A reading now; zeros where `/proc` cannot be read.
     pub fn now() -> Self {
-        // SAFETY: sysconf only reads a configuration value.
-        let tick = 1.0 / (unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64).max(1.0);
+        let tick = clock_tick();
         let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
         // "cpu  user nice system idle iowait irq softirq steal ...", in ticks.
         let idle: u64 = stat
