@@ -1,7 +1,9 @@
 //! How a module's process is made: its program, arguments and environment,
 //! and the process-group and parent-death rules it runs under.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 
 use modulesettings::RuntimeLocation;
 use tokio::process::Command;
@@ -10,12 +12,37 @@ use super::LaunchContext;
 use crate::overrides;
 use crate::registry::Module;
 
+/// A command for `program` in the module's folder, with the module's
+/// environment only ([`inherited_environment`], then [`module_environment`]),
+/// no stdin, stdout and stderr piped, in a process group of its own (so that
+/// stop and shutdown reach the module's children too), dying with the server
+/// ([`die_with_server`]).
+pub(super) fn module_command(
+    program: impl AsRef<OsStr>,
+    module: &Module,
+    ctx: &LaunchContext,
+) -> Command {
+    let mut command = Command::new(program);
+    command
+        .current_dir(module.dir())
+        .env_clear()
+        .envs(inherited_environment(&ctx.module_env))
+        .envs(module_environment(module, ctx))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0);
+    die_with_server(&mut command);
+    command
+}
+
 /// Makes the child die with the server: `PR_SET_PDEATHSIG` delivers SIGKILL
 /// to it when the server's thread that spawned it ends (the supervisor runs
 /// on the main thread, so: when the server ends, killed or not). A server
 /// that died between the fork and the `prctl` is caught by comparing the
 /// parent's pid.
-pub(super) fn die_with_server(command: &mut Command) {
+fn die_with_server(command: &mut Command) {
     // SAFETY: getpid is async-signal-safe; read before the fork.
     let server = unsafe { libc::getpid() };
     // SAFETY: the closure runs in the child between fork and exec and calls

@@ -2,21 +2,18 @@
 //! a crash, stops it on request or at shutdown.
 
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use modhost_protocol::{FailureKind, QueueItem, QUEUE_TOKEN_SEPARATOR, TOKEN_ENV};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::output::{pipe_install, pipe_lines};
-use super::process::{
-    die_with_server, inherited_environment, kill_group, launch_file, module_environment,
-    resolve_command,
-};
+use super::process::{kill_group, launch_file, module_command, resolve_command};
 use super::{Control, LaunchContext};
 use crate::jobs::Jobs;
 use crate::logs::{LogLevel, LogService};
@@ -300,8 +297,6 @@ impl ModuleTask {
     /// into the log.
     async fn launch(&mut self) -> Result<Launched, String> {
         let module = Arc::clone(&self.module);
-        let dir = module.dir().clone();
-
         if let Some(file) = launch_file(&module) {
             if !file.exists() {
                 self.install(&file).await?;
@@ -309,27 +304,16 @@ impl ModuleTask {
         }
         let (program, args) = resolve_command(&module, &self.ctx)?;
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let mut command = Command::new(&program);
+        let mut command = module_command(&program, &module, &self.ctx);
         command
             .args(&args)
-            .current_dir(&dir)
-            .env_clear()
-            .envs(inherited_environment(&self.ctx.module_env))
-            .envs(module_environment(&module, &self.ctx))
             .env(TOKEN_ENV, &token)
             // The unmodified CodeProject SDK polls `queue/<CPAI_MODULE_QUEUENAME>`:
             // the token travels in the name (docs/protocol.md §4.1).
             .env(
                 "CPAI_MODULE_QUEUENAME",
                 format!("{}{QUEUE_TOKEN_SEPARATOR}{token}", module.queue),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            // Its own process group, so stop and shutdown reach the module's children.
-            .process_group(0);
-        die_with_server(&mut command);
+            );
         let (progress, progress_end) =
             progress_stream::pair().map_err(|e| format!("cannot make the progress stream: {e}"))?;
         progress_stream::give_to_child(&mut command, &progress_end);
@@ -420,20 +404,10 @@ impl ModuleTask {
             ),
         );
         let log_path = dir.join("install.log");
-        let mut command = Command::new("bash");
+        let mut command = module_command("bash", &self.module, &self.ctx);
         command
             .arg(&script)
-            .current_dir(&dir)
-            .env_clear()
-            .envs(inherited_environment(&self.ctx.module_env))
-            .envs(module_environment(&self.module, &self.ctx))
-            .env("MODHOST_ROOT", &self.ctx.root_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .process_group(0);
-        die_with_server(&mut command);
+            .env("MODHOST_ROOT", &self.ctx.root_path);
         let mut child = command
             .spawn()
             .map_err(|err| format!("cannot run {}: {err}", script.display()))?;
