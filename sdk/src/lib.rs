@@ -14,8 +14,9 @@
 //!
 //! - `lib.rs`: the [`ModuleRunner`] trait and [`Outcome`]. The wire types
 //!   themselves are in the `modhost-protocol` crate, shared with the server.
-//! - `runner.rs`: [`run`] / [`run_with`]: poll workers, dispatch of the
-//!   built-in commands, long-process threads, status loop, shutdown.
+//! - `runner/`: [`run`] / [`run_with`] (`mod.rs`); dispatch of the built-in
+//!   commands and the long-process threads (`engine.rs`); poll workers,
+//!   status loop, progress pushes and shutdown (`serve.rs`).
 //! - `request.rs`: [`RequestData`], the parsed queue item, and its typed
 //!   getters.
 //! - `command.rs`: [`CommandHandle`], what a long process publishes.

@@ -10,10 +10,17 @@ use parking_lot::{Condvar, Mutex};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use super::engine::Handled;
+use super::serve::{Backoff, BACKOFF_START};
 use super::*;
-use crate::LongCapacity;
+use crate::command::{obj, CommandHandle, JsonMap};
+use crate::request::RequestData;
+use crate::{LongCapacity, Outcome};
 
 // ---------------------------------------------------------------- fixture
 
