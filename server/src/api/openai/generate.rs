@@ -1,127 +1,15 @@
-//! The OpenAI-compatible API over the modules' generation routes
-//! (docs/protocol.md §4.7, `crate::generation`): `POST /v1/chat/completions`
-//! and `POST /v1/completions` (with `stream`: Server-Sent Events chunks, then
-//! `data: [DONE]`), `GET /v1/models`, `GET /v1/models/{id}`,
-//! `POST /v1/embeddings`. Shapes as OpenAI's API reference gives them;
-//! errors are `{"error": {"message", "type", "param", "code"}}`.
-//!
-//! These routes are registered before CodeProject's catch-all
-//! `POST /v1/{route}`, so they win over a module route of the same path.
+//! `POST /v1/chat/completions` and `POST /v1/completions`: the request, its
+//! sampling settings, and the answer whole or as Server-Sent Events chunks.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
-use modhost_protocol::Failure;
 use modulesettings::GenerationApi;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::generation::{self, ModelError, Outcome, Sampling, Served, Started, Step};
+use super::{now_secs, parse, OpenAiError};
+use crate::generation::{self, Outcome, Sampling, Served, Started, Step};
 use crate::AppState;
-
-/// Largest request body, in bytes: long conversations fit.
-const MAX_BODY: usize = 16 * 1024 * 1024;
-
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    let post = |path: &str| web::resource(path).app_data(web::PayloadConfig::new(MAX_BODY));
-    cfg.service(post("/chat/completions").route(web::post().to(chat)))
-        .service(post("/completions").route(web::post().to(completions)))
-        .service(post("/embeddings").route(web::post().to(embeddings)))
-        .route("/models", web::get().to(models))
-        .route("/models/{id:.*}", web::get().to(model));
-}
-
-/// An error in OpenAI's shape.
-#[derive(Debug)]
-pub struct OpenAiError {
-    status: StatusCode,
-    message: String,
-    kind: &'static str,
-    param: Option<&'static str>,
-    code: Option<&'static str>,
-    retry_after: Option<u32>,
-}
-
-impl OpenAiError {
-    fn invalid(message: impl Into<String>, param: Option<&'static str>) -> OpenAiError {
-        OpenAiError {
-            status: StatusCode::BAD_REQUEST,
-            message: message.into(),
-            kind: "invalid_request_error",
-            param,
-            code: None,
-            retry_after: None,
-        }
-    }
-
-    /// The answer: the status, `Retry-After` where a retry may succeed, and
-    /// the body.
-    pub fn response(&self) -> HttpResponse {
-        let mut response = HttpResponse::build(self.status);
-        if let Some(secs) = self.retry_after {
-            response.insert_header(("Retry-After", secs.to_string()));
-        }
-        response.json(self.body())
-    }
-
-    fn body(&self) -> Value {
-        json!({"error": {"message": self.message, "type": self.kind,
-                         "param": self.param, "code": self.code}})
-    }
-
-    /// A refused API key (the access check), in OpenAI's shape.
-    pub fn unauthorized(message: String) -> OpenAiError {
-        OpenAiError {
-            status: StatusCode::UNAUTHORIZED,
-            message,
-            kind: "invalid_request_error",
-            param: None,
-            code: Some("invalid_api_key"),
-            retry_after: None,
-        }
-    }
-}
-
-impl From<ModelError> for OpenAiError {
-    fn from(err: ModelError) -> OpenAiError {
-        OpenAiError {
-            status: StatusCode::NOT_FOUND,
-            message: err.to_string(),
-            kind: "invalid_request_error",
-            param: Some("model"),
-            code: Some("model_not_found"),
-            retry_after: None,
-        }
-    }
-}
-
-impl From<Failure> for OpenAiError {
-    fn from(failure: Failure) -> OpenAiError {
-        let (status, retry_after) = generation::failure_status(failure.kind);
-        let kind = match status {
-            StatusCode::BAD_REQUEST => "invalid_request_error",
-            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
-            StatusCode::GATEWAY_TIMEOUT => "timeout",
-            _ => "server_error",
-        };
-        OpenAiError {
-            status,
-            message: failure.message,
-            kind,
-            param: None,
-            code: Some(failure.kind.code()),
-            retry_after,
-        }
-    }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// `stop`: a string or an array of strings.
 #[derive(Deserialize)]
@@ -161,15 +49,6 @@ struct GenerateRequest {
     functions: Option<Value>,
     response_format: Option<Value>,
     logprobs: Option<Value>,
-}
-
-fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, OpenAiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        OpenAiError::invalid(
-            format!("the request body is not the expected JSON: {e}"),
-            None,
-        )
-    })
 }
 
 impl GenerateRequest {
@@ -232,7 +111,7 @@ impl GenerateRequest {
 }
 
 /// `POST /v1/chat/completions`.
-async fn chat(
+pub(super) async fn chat(
     state: web::Data<AppState>,
     req: HttpRequest,
     body: Bytes,
@@ -261,7 +140,7 @@ async fn chat(
 }
 
 /// `POST /v1/completions`.
-async fn completions(
+pub(super) async fn completions(
     state: web::Data<AppState>,
     req: HttpRequest,
     body: Bytes,
@@ -471,99 +350,4 @@ fn end_chunks(
     }
     out.extend_from_slice(b"data: [DONE]\n\n");
     Bytes::from(out)
-}
-
-/// `POST /v1/embeddings`: `input` a string or an array of strings.
-async fn embeddings(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    body: Bytes,
-) -> Result<HttpResponse, OpenAiError> {
-    #[derive(Deserialize)]
-    struct EmbeddingRequest {
-        model: Option<String>,
-        input: Option<Value>,
-    }
-    let request: EmbeddingRequest = parse(&body)?;
-    let input = generation::embedding_input(request.input)
-        .map_err(|why| OpenAiError::invalid(why, Some("input")))?;
-    let served = generation::resolve(
-        &state.registry,
-        GenerationApi::Embedding,
-        request.model.as_deref(),
-    )?;
-    let values = generation::values(&[("input", input)], &Sampling::default());
-    let started = generation::start(&state, &req, &served, values).await?;
-    let outcome = generation::finish(started).await?;
-    let data: Vec<Value> = outcome
-        .embeddings
-        .iter()
-        .enumerate()
-        .map(|(i, e)| json!({"object": "embedding", "index": i, "embedding": e}))
-        .collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "object": "list", "data": data, "model": served.model,
-        "usage": {"prompt_tokens": outcome.prompt_tokens, "total_tokens": outcome.prompt_tokens},
-    })))
-}
-
-/// The models clients can name, one entry per model.
-fn model_list(state: &AppState) -> Vec<Value> {
-    let mut seen = std::collections::HashSet::new();
-    generation::served(state)
-        .into_iter()
-        .filter(|s| seen.insert(s.model.to_ascii_lowercase()))
-        .map(|s| {
-            let created = s
-                .module
-                .state()
-                .started
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs());
-            json!({"id": s.model, "object": "model", "created": created, "owned_by": s.module.id()})
-        })
-        .collect()
-}
-
-/// `GET /v1/models`.
-async fn models(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(json!({"object": "list", "data": model_list(&state)}))
-}
-
-/// `GET /v1/models/{id}`.
-async fn model(
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, OpenAiError> {
-    let id = path.into_inner();
-    model_list(&state)
-        .into_iter()
-        .find(|m| {
-            m["id"]
-                .as_str()
-                .is_some_and(|m| m.eq_ignore_ascii_case(&id))
-        })
-        .map(|m| HttpResponse::Ok().json(m))
-        .ok_or_else(|| {
-            OpenAiError::from(ModelError::NotFound {
-                model: id,
-                api: "any API",
-            })
-        })
-}
-
-impl std::fmt::Display for OpenAiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl actix_web::ResponseError for OpenAiError {
-    fn status_code(&self) -> StatusCode {
-        self.status
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        self.response()
-    }
 }
