@@ -257,6 +257,15 @@ mod tests {
         jobs.start(id, origin(), pushes, SystemTime::now(), &running(id))
     }
 
+    /// Pushes one piece of reply text for LlamaChat's command `id`.
+    fn push_delta(jobs: &Jobs, id: &str, text: &str) {
+        let update = ProgressUpdate {
+            delta: text.into(),
+            ..Default::default()
+        };
+        jobs.push("LlamaChat", id, update).unwrap();
+    }
+
     fn texts(events: &[Event]) -> String {
         events
             .iter()
@@ -272,15 +281,7 @@ mod tests {
         let jobs = jobs(10);
         let job = start(&jobs, "c1", true);
         for piece in ["The", " solar", " system"] {
-            jobs.push(
-                "LlamaChat",
-                "c1",
-                ProgressUpdate {
-                    delta: piece.into(),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+            push_delta(&jobs, "c1", piece);
         }
         jobs.push(
             "llamachat",
@@ -318,15 +319,7 @@ mod tests {
             "progressPush": true, "model": "tiny"}),
         );
         let job = jobs.start("c1", origin(), true, SystemTime::now(), &running);
-        jobs.push(
-            "LlamaChat",
-            "c1",
-            ProgressUpdate {
-                delta: "Hi".into(),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        push_delta(&jobs, "c1", "Hi");
         assert_eq!(
             Value::Object(job.status_reply()),
             json!({"success": true, "message": "The long running command is still in progress",
@@ -345,15 +338,7 @@ mod tests {
         let jobs = jobs(10);
         let job = start(&jobs, "c1", true);
         for piece in ["a", "b", "c", "d"] {
-            jobs.push(
-                "LlamaChat",
-                "c1",
-                ProgressUpdate {
-                    delta: piece.into(),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+            push_delta(&jobs, "c1", piece);
         }
         let (all, _) = job.events_after(0);
         for cut in 0..all.len() as u64 {
@@ -438,15 +423,7 @@ mod tests {
         assert_eq!(reply["commandStatus"], "failed");
         assert_eq!(reply["errorCode"], "module_crashed");
         // Nothing more happens to a finished job.
-        jobs.push(
-            "LlamaChat",
-            "c1",
-            ProgressUpdate {
-                delta: "late".into(),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        push_delta(&jobs, "c1", "late");
         assert_eq!(job.events_after(0).0.len(), events.len());
     }
 
