@@ -130,48 +130,7 @@ pub async fn run(
         ..modulesettings::Platform::current()
     };
 
-    let discovery = modulesettings::discover(&config.modules_dirs, &platform);
-    for error in &discovery.errors {
-        logs.add(
-            LogLevel::Error,
-            "Server",
-            "",
-            &format!("module skipped: {error}"),
-        );
-    }
-    let (overrides, problem) = overrides::Overrides::load(&config.data_dir);
-    if let Some(problem) = problem {
-        logs.add(LogLevel::Error, "Server", "", &problem);
-    }
-    let overrides = Arc::new(overrides);
-    let modules: Vec<Arc<Module>> = discovery
-        .modules
-        .into_iter()
-        .map(|manifest| {
-            let status = if manifest.settings.is_platform_supported(&platform) {
-                ModuleStatus::NotStarted
-            } else {
-                ModuleStatus::NotAvailable
-            };
-            if status == ModuleStatus::NotAvailable {
-                logs.add(
-                    LogLevel::Warning,
-                    "Server",
-                    "",
-                    &format!(
-                        "module {} does not support platform {}",
-                        manifest.id,
-                        platform.platform_name()
-                    ),
-                );
-            }
-            let module = Module::new(manifest, status);
-            if let Some(on) = overrides.auto_start(module.id()) {
-                module.update(|s| s.wanted = on);
-            }
-            Arc::new(module)
-        })
-        .collect();
+    let (modules, overrides) = load_modules(&config, &platform, &logs);
     let local = listener
         .local_addr()
         .context("reading the listener's address")?;
@@ -187,39 +146,7 @@ pub async fn run(
     // systems: serve it there too where the machine has IPv6, so that no
     // connection waits for a refused first try.
     let module_listener_v6 = std::net::TcpListener::bind(("::1", module_port)).ok();
-    logs.add(
-        LogLevel::Information,
-        "Server",
-        "",
-        &format!(
-            "modhost {} listening on {local}, {} module(s) found; modules connect to 127.0.0.1:{module_port}",
-            env!("CARGO_PKG_VERSION"),
-            modules.len()
-        ),
-    );
-    let host = if local.ip().is_unspecified() {
-        "127.0.0.1".to_owned()
-    } else {
-        local.ip().to_string()
-    };
-    logs.add(
-        LogLevel::Information,
-        "Server",
-        "",
-        &format!(
-            "dashboard: http://{host}:{port}/  explorer: http://{host}:{port}/explorer.html",
-            port = local.port()
-        ),
-    );
-    if config.api_key.is_none() && !local.ip().is_loopback() {
-        logs.add(
-            LogLevel::Warning,
-            "Server",
-            "",
-            "serving the network without an API key: anyone who can reach this port can run \
-             commands (see docs/security.md); modules can only be started and stopped from this machine",
-        );
-    }
+    announce(&logs, &config, local, module_port, modules.len());
 
     let queues = Queues::new(config.queue_length, config.queue_bytes);
     let jobs = Jobs::new(Retention {
@@ -359,6 +286,104 @@ pub async fn run(
     }
     logs.add(LogLevel::Information, "Server", "", "stopped");
     Ok(())
+}
+
+/// The modules found in `config.modules_dirs` for `platform`, with the
+/// saved overrides applied (auto-start). A manifest that cannot be read, a
+/// module for another platform and unreadable overrides are logged, never
+/// fatal.
+fn load_modules(
+    config: &Config,
+    platform: &modulesettings::Platform,
+    logs: &LogService,
+) -> (Vec<Arc<Module>>, Arc<overrides::Overrides>) {
+    let discovery = modulesettings::discover(&config.modules_dirs, platform);
+    for error in &discovery.errors {
+        logs.add(
+            LogLevel::Error,
+            "Server",
+            "",
+            &format!("module skipped: {error}"),
+        );
+    }
+    let (overrides, problem) = overrides::Overrides::load(&config.data_dir);
+    if let Some(problem) = problem {
+        logs.add(LogLevel::Error, "Server", "", &problem);
+    }
+    let overrides = Arc::new(overrides);
+    let modules = discovery
+        .modules
+        .into_iter()
+        .map(|manifest| {
+            let status = if manifest.settings.is_platform_supported(platform) {
+                ModuleStatus::NotStarted
+            } else {
+                ModuleStatus::NotAvailable
+            };
+            if status == ModuleStatus::NotAvailable {
+                logs.add(
+                    LogLevel::Warning,
+                    "Server",
+                    "",
+                    &format!(
+                        "module {} does not support platform {}",
+                        manifest.id,
+                        platform.platform_name()
+                    ),
+                );
+            }
+            let module = Module::new(manifest, status);
+            if let Some(on) = overrides.auto_start(module.id()) {
+                module.update(|s| s.wanted = on);
+            }
+            Arc::new(module)
+        })
+        .collect();
+    (modules, overrides)
+}
+
+/// Logs where the server listens (clients and modules), the dashboard's
+/// address, and a warning when the network is served without an API key.
+fn announce(
+    logs: &LogService,
+    config: &Config,
+    local: std::net::SocketAddr,
+    module_port: u16,
+    module_count: usize,
+) {
+    logs.add(
+        LogLevel::Information,
+        "Server",
+        "",
+        &format!(
+            "modhost {} listening on {local}, {} module(s) found; modules connect to 127.0.0.1:{module_port}",
+            env!("CARGO_PKG_VERSION"),
+            module_count
+        ),
+    );
+    let host = if local.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        local.ip().to_string()
+    };
+    logs.add(
+        LogLevel::Information,
+        "Server",
+        "",
+        &format!(
+            "dashboard: http://{host}:{port}/  explorer: http://{host}:{port}/explorer.html",
+            port = local.port()
+        ),
+    );
+    if config.api_key.is_none() && !local.ip().is_loopback() {
+        logs.add(
+            LogLevel::Warning,
+            "Server",
+            "",
+            "serving the network without an API key: anyone who can reach this port can run \
+             commands (see docs/security.md); modules can only be started and stopped from this machine",
+        );
+    }
 }
 
 /// The skills host over `config.skills_dirs`, its CSI answered by the
