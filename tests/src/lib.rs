@@ -214,7 +214,7 @@ const PYTHON_PACKAGES: &[&str] = &[
     "langchain-openai==1.8.1",
 ];
 
-/// The Python virtual environment holding [`PYTHON_PACKAGES`], made on
+/// The Python virtual environment holding the pinned `PYTHON_PACKAGES`, made on
 /// first use under `target/pyvenv` (shared by test runs; needs PyPI once).
 pub fn python_venv() -> Result<PathBuf> {
     static LOCK: Mutex<()> = Mutex::new(());

@@ -143,7 +143,7 @@ pub struct Cli {
         value_delimiter = ':'
     )]
     pub skills_dirs: Vec<PathBuf>,
-    /// Where compiled skills are cached [default: <data-dir>/skill-cache].
+    /// Where compiled skills are cached [default: skill-cache in the data dir].
     #[arg(long, env = "MODHOST_SKILL_CACHE_DIR")]
     pub skill_cache_dir: Option<PathBuf>,
     /// CPU seconds a skill call may run [default: 60].
