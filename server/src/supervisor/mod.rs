@@ -18,7 +18,8 @@
 //! Launch rules of CodeProject.AI Server 2.9, docs/protocol.md §1.1 and §1.8.
 //!
 //! Here: the requests the dashboard sends and the tasks' start. The task
-//! itself is `task.rs`; how its process is made (program, arguments,
+//! itself is `task.rs`; its launch, with the install script when needed,
+//! `launch.rs`; how its process is made (program, arguments,
 //! environment, process group) `process.rs`; its output into the log
 //! `output.rs`.
 
@@ -37,6 +38,7 @@ use crate::overrides::Overrides;
 use crate::queue::Queues;
 use crate::registry::{Module, ModuleStatus};
 
+mod launch;
 mod output;
 mod process;
 mod task;

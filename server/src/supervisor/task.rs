@@ -1,23 +1,20 @@
 //! One module's task: launches its process, watches it, restarts it after
 //! a crash, stops it on request or at shutdown.
 
-use std::path::Path;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use modhost_protocol::{FailureKind, QueueItem, QUEUE_TOKEN_SEPARATOR, TOKEN_ENV};
+use modhost_protocol::{FailureKind, QueueItem};
 use tokio::process::Child;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::output::{pipe_install, pipe_lines};
-use super::process::{kill_group, launch_file, module_command, resolve_command};
+use super::launch::Launched;
+use super::process::kill_group;
 use super::{Control, LaunchContext};
 use crate::jobs::Jobs;
 use crate::logs::{LogLevel, LogService};
-use crate::progress_stream;
 use crate::queue::{Origin, Queues};
 use crate::registry::{Module, ModuleStatus};
 
@@ -30,30 +27,45 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often a running module is checked for silence and stability.
 const WATCH_TICK: Duration = Duration::from_secs(1);
-/// Longest an install script may run.
-const INSTALL_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 /// Longest wait, after a module exits, for its last output lines to reach the log.
 const OUTPUT_DRAIN: Duration = Duration::from_millis(250);
 /// How far back before its exit an error a module logged is taken as the
 /// cause of the exit.
 const CAUSE_WINDOW: Duration = Duration::from_secs(10);
-/// A module process just spawned.
-struct Launched {
-    child: Child,
-    /// Id of the "started module" log entry: later entries are this process's.
-    log_id: u64,
-    /// The tasks copying its stdout and stderr into the log; they end at EOF.
-    output: Vec<JoinHandle<()>>,
-}
-
 /// How a running process stopped being watched.
 enum Ended {
-    Exited(std::io::Result<ExitStatus>),
-    /// No contact for this long while commands waited for it.
-    Unresponsive(Duration),
+    /// It exited, or stopped making contact while commands waited for it:
+    /// its work fails with `kind` and `why`, and it is launched again.
+    Failed {
+        kind: FailureKind,
+        why: String,
+    },
     Stop,
     Restart,
     Shutdown,
+}
+
+impl Ended {
+    fn exited(module_id: &str, exit: std::io::Result<ExitStatus>) -> Self {
+        let how = match exit {
+            Ok(status) => status.to_string(),
+            Err(err) => format!("wait failed: {err}"),
+        };
+        Ended::Failed {
+            kind: FailureKind::ModuleCrashed,
+            why: format!("module {module_id} exited unexpectedly ({how})"),
+        }
+    }
+
+    fn unresponsive(module_id: &str, silence: Duration) -> Self {
+        Ended::Failed {
+            kind: FailureKind::ModuleUnresponsive,
+            why: format!(
+                "module {module_id} stopped responding: no contact for {:.0} s while commands waited for it",
+                silence.as_secs_f64()
+            ),
+        }
+    }
 }
 
 /// One module's task (see [`super::Supervisor::start`]).
@@ -69,183 +81,224 @@ pub(super) struct ModuleTask {
 
 impl ModuleTask {
     /// Logs under the module's name; returns the entry's id.
-    fn log(&self, level: LogLevel, message: &str) -> u64 {
+    pub(super) fn log(&self, level: LogLevel, message: &str) -> u64 {
         self.logs.add(level, self.module.name(), "", message)
     }
 
+    /// Runs until shutdown: waits while the module is not wanted, launches
+    /// it, watches it, and after a crash or a hang relaunches it once its
+    /// backoff is over. `crashes` counts the crashes in a row, each one
+    /// doubling the backoff; a run of [`LaunchContext::stable_run`] or a
+    /// Restart resets it.
     pub(super) async fn run(mut self) {
         let mut crashes: u32 = 0;
         loop {
             if !self.module.state().wanted {
-                self.module.update(|s| {
-                    if matches!(s.status, ModuleStatus::NotStarted) {
-                        s.status = ModuleStatus::NoAutoStart;
-                    }
-                });
-                tokio::select! {
-                    control = self.controls.recv() => match control {
-                        Some(Control::Start | Control::Restart) => {
-                            self.module.update(|s| s.wanted = true);
-                            crashes = 0;
-                        }
-                        Some(Control::Stop) => {}
-                        None => return,
-                    },
-                    _ = self.shutdown.cancelled() => return,
+                if !self.wait_until_wanted(&mut crashes).await {
+                    return;
                 }
                 continue;
             }
-
-            let Launched {
-                mut child,
-                log_id,
-                output,
-            } = match self.launch().await {
+            let mut launched = match self.launch().await {
                 Ok(launched) => launched,
                 Err(problem) => {
-                    self.log(
-                        LogLevel::Error,
-                        &format!("cannot start module {}: {problem}", self.module.id()),
-                    );
-                    self.module.update(|s| {
-                        s.status = ModuleStatus::FailedStart;
-                        s.wanted = false;
-                        s.token = None;
-                        s.last_error = Some(problem);
-                    });
+                    self.failed_start(problem);
                     continue;
                 }
             };
-            let launched = Instant::now();
-            let pid = child.id();
-
-            let mut tick = tokio::time::interval(WATCH_TICK);
-            let ended = loop {
-                tokio::select! {
-                    exit = child.wait() => break Ended::Exited(exit),
-                    control = self.controls.recv() => match control {
-                        Some(Control::Start) => continue,
-                        Some(Control::Stop) => break Ended::Stop,
-                        Some(Control::Restart) => break Ended::Restart,
-                        None => break Ended::Shutdown,
-                    },
-                    _ = self.shutdown.cancelled() => break Ended::Shutdown,
-                    _ = tick.tick() => {
-                        if crashes > 0 && launched.elapsed() >= self.ctx.stable_run {
-                            crashes = 0;
-                            self.module.update(|s| s.crashes = 0);
-                        }
-                        if let Some(silence) = self.silence() {
-                            break Ended::Unresponsive(silence);
-                        }
+            let since = Instant::now();
+            let pid = launched.child.id();
+            match self.watch(&mut launched.child, since, &mut crashes).await {
+                Ended::Failed { kind, why } => {
+                    if !self
+                        .recover(launched, pid, since, kind, why, &mut crashes)
+                        .await
+                    {
+                        return;
                     }
                 }
-            };
-
-            let (kind, why) = match ended {
-                Ended::Exited(exit) => {
-                    let how = match exit {
-                        Ok(status) => status.to_string(),
-                        Err(err) => format!("wait failed: {err}"),
-                    };
-                    (
-                        FailureKind::ModuleCrashed,
-                        format!("module {} exited unexpectedly ({how})", self.module.id()),
-                    )
-                }
-                Ended::Unresponsive(silence) => (
-                    FailureKind::ModuleUnresponsive,
-                    format!(
-                        "module {} stopped responding: no contact for {:.0} s while commands waited for it",
-                        self.module.id(),
-                        silence.as_secs_f64()
-                    ),
-                ),
                 Ended::Stop => {
-                    self.stop(&mut child, pid).await;
+                    self.stop(&mut launched.child, pid).await;
                     self.mark_stopped();
-                    continue;
                 }
                 Ended::Restart => {
-                    self.stop(&mut child, pid).await;
-                    crashes = 0;
-                    self.module.update(|s| s.crashes = 0);
+                    self.stop(&mut launched.child, pid).await;
+                    self.reset_crashes(&mut crashes);
                     self.log(
                         LogLevel::Information,
                         &format!("restarting module {}", self.module.id()),
                     );
-                    continue;
                 }
                 Ended::Shutdown => {
-                    self.stop(&mut child, pid).await;
+                    self.stop(&mut launched.child, pid).await;
                     self.module.update(|s| s.status = ModuleStatus::Stopped);
                     return;
                 }
-            };
-
-            // The process crashed or hung: kill what is left of it, fail its
-            // work, and relaunch after the backoff.
-            kill_group(pid, libc::SIGKILL);
-            if kind == FailureKind::ModuleUnresponsive {
-                let _ = child.wait().await;
             }
-            // First, so that no new request is queued for the dead process
-            // after its commands are failed below.
-            self.module.update(|s| {
-                s.status = ModuleStatus::Crashed;
-                s.pid = None;
-                s.token = None;
-            });
-            let ran = launched.elapsed();
-            // The last lines it printed say why; they may still be in the
-            // pipes, which close with the process group.
-            let _ =
-                tokio::time::timeout(OUTPUT_DRAIN, futures_util::future::join_all(output)).await;
-            let mut message = why;
-            if let Some(cause) =
-                self.logs
-                    .last_error_since(self.module.name(), log_id, CAUSE_WINDOW)
-            {
-                message.push_str("; the last error it logged: ");
-                message.push_str(&cause);
-            }
-            let failed = self.fail_work(kind, &message);
-            crashes = if ran >= self.ctx.stable_run {
-                1
-            } else {
-                crashes + 1
-            };
-            let backoff = backoff(crashes);
-            self.log(
-                LogLevel::Error,
-                &format!(
-                    "{message} after {:.1} s; {failed} request(s) failed; restarting in {:.1} s (crash {crashes} in a row)",
-                    ran.as_secs_f64(),
-                    backoff.as_secs_f64()
-                ),
-            );
-            self.module.update(|s| {
-                s.status = ModuleStatus::Restarting;
-                s.last_error = Some(message.clone());
-                s.crashes = crashes;
-                s.next_start = Some(std::time::SystemTime::now() + backoff);
-            });
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                control = self.controls.recv() => match control {
-                    Some(Control::Stop) => self.mark_stopped(),
-                    Some(Control::Start) => {}
-                    // Restart asks for a fresh start: the crash count too.
-                    Some(Control::Restart) => {
-                        crashes = 0;
-                        self.module.update(|s| s.crashes = 0);
-                    }
-                    None => return,
-                },
-                _ = self.shutdown.cancelled() => { self.mark_stopped(); return; }
-            }
-            self.module.update(|s| s.next_start = None);
         }
+    }
+
+    /// While the module is not wanted (NoAutoStart, or stopped): waits for
+    /// a Start or Restart, which makes it wanted. `false` at shutdown.
+    async fn wait_until_wanted(&mut self, crashes: &mut u32) -> bool {
+        self.module.update(|s| {
+            if matches!(s.status, ModuleStatus::NotStarted) {
+                s.status = ModuleStatus::NoAutoStart;
+            }
+        });
+        tokio::select! {
+            control = self.controls.recv() => match control {
+                Some(Control::Start | Control::Restart) => {
+                    self.module.update(|s| s.wanted = true);
+                    *crashes = 0;
+                    true
+                }
+                Some(Control::Stop) => true,
+                None => false,
+            },
+            _ = self.shutdown.cancelled() => false,
+        }
+    }
+
+    /// The launch failed (`problem` says why): the module is FailedStart
+    /// and stays down until started again.
+    fn failed_start(&self, problem: String) {
+        self.log(
+            LogLevel::Error,
+            &format!("cannot start module {}: {problem}", self.module.id()),
+        );
+        self.module.update(|s| {
+            s.status = ModuleStatus::FailedStart;
+            s.wanted = false;
+            s.token = None;
+            s.last_error = Some(problem);
+        });
+    }
+
+    /// Watches the running `child`, launched at `since`, until it exits,
+    /// falls silent while commands wait for it, or is asked to stop. Once
+    /// it has run for [`LaunchContext::stable_run`], its crash count is
+    /// reset.
+    async fn watch(&mut self, child: &mut Child, since: Instant, crashes: &mut u32) -> Ended {
+        let mut tick = tokio::time::interval(WATCH_TICK);
+        loop {
+            tokio::select! {
+                exit = child.wait() => return Ended::exited(self.module.id(), exit),
+                control = self.controls.recv() => match control {
+                    Some(Control::Start) => {}
+                    Some(Control::Stop) => return Ended::Stop,
+                    Some(Control::Restart) => return Ended::Restart,
+                    None => return Ended::Shutdown,
+                },
+                _ = self.shutdown.cancelled() => return Ended::Shutdown,
+                _ = tick.tick() => {
+                    if *crashes > 0 && since.elapsed() >= self.ctx.stable_run {
+                        self.reset_crashes(crashes);
+                    }
+                    if let Some(silence) = self.silence() {
+                        return Ended::unresponsive(self.module.id(), silence);
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a crash or a hang (`kind`, `why`): kills what is left of the
+    /// process group `pid`, fails its work with the reason and the last error it
+    /// logged, and waits out the backoff. `false` at shutdown.
+    async fn recover(
+        &mut self,
+        launched: Launched,
+        pid: Option<u32>,
+        since: Instant,
+        kind: FailureKind,
+        why: String,
+        crashes: &mut u32,
+    ) -> bool {
+        let Launched {
+            mut child,
+            log_id,
+            output,
+        } = launched;
+        // The pid taken at launch: an exited child has none any more.
+        kill_group(pid, libc::SIGKILL);
+        if kind == FailureKind::ModuleUnresponsive {
+            let _ = child.wait().await;
+        }
+        // First, so that no new request is queued for the dead process
+        // after its commands are failed below.
+        self.module.update(|s| {
+            s.status = ModuleStatus::Crashed;
+            s.pid = None;
+            s.token = None;
+        });
+        let ran = since.elapsed();
+        // The last lines it printed say why; they may still be in the
+        // pipes, which close with the process group.
+        let _ = tokio::time::timeout(OUTPUT_DRAIN, futures_util::future::join_all(output)).await;
+        let mut message = why;
+        if let Some(cause) = self
+            .logs
+            .last_error_since(self.module.name(), log_id, CAUSE_WINDOW)
+        {
+            message.push_str("; the last error it logged: ");
+            message.push_str(&cause);
+        }
+        let failed = self.fail_work(kind, &message);
+        *crashes = if ran >= self.ctx.stable_run {
+            1
+        } else {
+            *crashes + 1
+        };
+        let backoff = backoff(*crashes);
+        self.log(
+            LogLevel::Error,
+            &format!(
+                "{message} after {:.1} s; {failed} request(s) failed; restarting in {:.1} s (crash {crashes} in a row)",
+                ran.as_secs_f64(),
+                backoff.as_secs_f64()
+            ),
+        );
+        self.module.update(|s| {
+            s.status = ModuleStatus::Restarting;
+            s.last_error = Some(message.clone());
+            s.crashes = *crashes;
+            s.next_start = Some(std::time::SystemTime::now() + backoff);
+        });
+        let going_on = self.wait_out(backoff, crashes).await;
+        self.module.update(|s| s.next_start = None);
+        going_on
+    }
+
+    /// Waits `backoff` before the next launch; a Stop or Start ends the
+    /// wait early, a Restart too and resets the crash count. `false` at
+    /// shutdown.
+    async fn wait_out(&mut self, backoff: Duration, crashes: &mut u32) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => true,
+            control = self.controls.recv() => match control {
+                Some(Control::Stop) => {
+                    self.mark_stopped();
+                    true
+                }
+                Some(Control::Start) => true,
+                // Restart asks for a fresh start: the crash count too.
+                Some(Control::Restart) => {
+                    self.reset_crashes(crashes);
+                    true
+                }
+                None => false,
+            },
+            _ = self.shutdown.cancelled() => {
+                self.mark_stopped();
+                false
+            }
+        }
+    }
+
+    fn reset_crashes(&self, crashes: &mut u32) {
+        *crashes = 0;
+        self.module.update(|s| s.crashes = 0);
     }
 
     /// How long a started module has been silent, if that is longer than
@@ -291,182 +344,6 @@ impl ModuleTask {
         });
         let message = format!("module {} was stopped", self.module.id());
         self.fail_work(FailureKind::ModuleStopped, &message);
-    }
-
-    /// Installs the module if needed, then spawns it with its output piped
-    /// into the log.
-    async fn launch(&mut self) -> Result<Launched, String> {
-        let module = Arc::clone(&self.module);
-        if let Some(file) = launch_file(&module) {
-            if !file.exists() {
-                self.install(&file).await?;
-            }
-        }
-        let (program, args) = resolve_command(&module, &self.ctx)?;
-        let token = uuid::Uuid::new_v4().simple().to_string();
-        let mut command = module_command(&program, &module, &self.ctx);
-        command
-            .args(&args)
-            .env(TOKEN_ENV, &token)
-            // The unmodified CodeProject SDK polls `queue/<CPAI_MODULE_QUEUENAME>`:
-            // the token travels in the name (docs/protocol.md §4.1).
-            .env(
-                "CPAI_MODULE_QUEUENAME",
-                format!("{}{QUEUE_TOKEN_SEPARATOR}{token}", module.queue),
-            );
-        let (progress, progress_end) =
-            progress_stream::pair().map_err(|e| format!("cannot make the progress stream: {e}"))?;
-        progress_stream::give_to_child(&mut command, &progress_end);
-        // Starting, with the new launch's token, before the spawn: the
-        // module's first poll, which makes it Started, may come before this
-        // task runs again.
-        module.update(|s| {
-            s.status = ModuleStatus::Starting;
-            s.launch += 1;
-            s.token = Some(token);
-        });
-        let mut child = command.spawn().map_err(|err| {
-            module.update(|s| s.token = None);
-            format!("cannot run {}: {err}", program.display())
-        })?;
-        // The child has its copy; the stream ends when the module's ends.
-        drop(progress_end);
-        let pid = child.id();
-        let log_id = self.log(
-            LogLevel::Information,
-            &format!(
-                "started module {} (pid {}): {} {}",
-                module.id(),
-                pid.unwrap_or(0),
-                program.display(),
-                args.join(" ")
-            ),
-        );
-        let name = module.name().to_owned();
-        let mut output = vec![tokio::spawn(progress_stream::serve(
-            progress,
-            Arc::clone(&module),
-            Arc::clone(&self.jobs),
-            self.ctx.max_push_bytes,
-        ))];
-        if let Some(out) = child.stdout.take() {
-            output.push(tokio::spawn(pipe_lines(
-                out,
-                Arc::clone(&self.logs),
-                name.clone(),
-                LogLevel::Information,
-            )));
-        }
-        if let Some(err) = child.stderr.take() {
-            output.push(tokio::spawn(pipe_lines(
-                err,
-                Arc::clone(&self.logs),
-                name,
-                LogLevel::Error,
-            )));
-        }
-        module.update(|s| {
-            s.started = Some(std::time::SystemTime::now());
-            s.pid = pid;
-            s.launches += 1;
-            s.last_error = None;
-        });
-        Ok(Launched {
-            child,
-            log_id,
-            output,
-        })
-    }
-
-    /// Runs the module's `install.sh` because `missing` does not exist yet.
-    async fn install(&mut self, missing: &Path) -> Result<(), String> {
-        let dir = self.module.dir().clone();
-        let script = dir.join("install.sh");
-        if !script.exists() {
-            return Err(format!(
-                "launch file {} does not exist and the module has no install.sh",
-                missing.display()
-            ));
-        }
-        if self.ctx.no_install {
-            return Err(format!(
-                "module is not installed ({} is missing) and install scripts are disabled",
-                missing.display()
-            ));
-        }
-        self.module.update(|s| s.status = ModuleStatus::Installing);
-        self.log(
-            LogLevel::Information,
-            &format!(
-                "installing module {}: bash {}",
-                self.module.id(),
-                script.display()
-            ),
-        );
-        let log_path = dir.join("install.log");
-        let mut command = module_command("bash", &self.module, &self.ctx);
-        command
-            .arg(&script)
-            .env("MODHOST_ROOT", &self.ctx.root_path);
-        let mut child = command
-            .spawn()
-            .map_err(|err| format!("cannot run {}: {err}", script.display()))?;
-        let name = self.module.name().to_owned();
-        let out = child.stdout.take().map(|o| {
-            tokio::spawn(pipe_install(
-                o,
-                Arc::clone(&self.logs),
-                name.clone(),
-                log_path.clone(),
-            ))
-        });
-        let err = child.stderr.take().map(|e| {
-            tokio::spawn(pipe_install(
-                e,
-                Arc::clone(&self.logs),
-                name,
-                log_path.clone(),
-            ))
-        });
-        let pid = child.id();
-        let status = tokio::select! {
-            status = tokio::time::timeout(INSTALL_TIMEOUT, child.wait()) => status,
-            _ = self.shutdown.cancelled() => {
-                kill_group(pid, libc::SIGKILL);
-                return Err("install interrupted by shutdown".into());
-            }
-        };
-        for task in [out, err].into_iter().flatten() {
-            let _ = task.await;
-        }
-        match status {
-            Ok(Ok(status)) if status.success() => {
-                self.log(
-                    LogLevel::Information,
-                    &format!("installed module {}", self.module.id()),
-                );
-                if missing.exists() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "install.sh succeeded but {} still does not exist",
-                        missing.display()
-                    ))
-                }
-            }
-            Ok(Ok(status)) => Err(format!(
-                "install.sh failed ({status}); see {}",
-                log_path.display()
-            )),
-            Ok(Err(err)) => Err(format!("install.sh could not be waited for: {err}")),
-            Err(_) => {
-                kill_group(pid, libc::SIGKILL);
-                Err(format!(
-                    "install.sh ran longer than {} minutes and was stopped",
-                    INSTALL_TIMEOUT.as_secs() / 60
-                ))
-            }
-        }
     }
 
     /// Asks the module to quit, then signals its process group.
