@@ -28,6 +28,7 @@ use crate::queue::Origin;
 
 mod event;
 mod job;
+mod state;
 
 pub use event::{Event, EventKind, JobStatus};
 pub use job::{Job, WatchGuard};
