@@ -13,6 +13,12 @@ use super::{
     quantize, GgufError, GgufWriter, MetaValue, QuantizeType, ALIGNMENT, LLAMA_FTYPE_ALL_F32,
 };
 
+mod random;
+mod vocab;
+
+use random::fill_random;
+use vocab::{demo_vocab, Row};
+
 /// Tensor storage of a generated demo model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DemoQuantization {
@@ -164,25 +170,6 @@ impl DemoModelSpec {
     }
 }
 
-/// Token type ids of `tokenizer.ggml.token_type` (llama.cpp's `llama_token_type`).
-mod token_type {
-    pub const NORMAL: i32 = 1;
-    pub const UNKNOWN: i32 = 2;
-    pub const CONTROL: i32 = 3;
-    pub const BYTE: i32 = 6;
-}
-
-/// How a token's output row is built.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Row {
-    /// Random weights: a normal piece.
-    Random,
-    /// Reads only the constant dimension, scaled by this bias.
-    Biased(f32),
-}
-
-/// Logit offset (before the ~1.5 scale) for control and byte tokens.
-const SUPPRESSED_BIAS: f32 = -20.0;
 /// Value of residual dimension 0 for every token (the "constant feature").
 const ANCHOR: f32 = 2.0;
 /// Standard deviation of the logits of normal pieces.
@@ -190,153 +177,6 @@ const LOGIT_STD: f32 = 2.5;
 
 /// ChatML, the template of `tokenizer.chat_template` in demo models.
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
-
-const WORDS: &[&str] = &[
-    "the", "a", "an", "and", "or", "but", "is", "are", "was", "be", "to", "of", "in", "on", "at",
-    "for", "with", "as", "by", "from", "that", "this", "it", "you", "we", "they", "I", "not",
-    "can", "will", "would", "should", "about", "there", "here", "what", "when", "where", "which",
-    "who", "how", "why", "all", "some", "more", "most", "very", "one", "two", "three", "many",
-    "time", "day", "year", "world", "way", "thing", "people", "model", "answer", "question",
-    "light", "star", "planet", "sun", "moon", "water", "river", "stone", "tree", "cloud", "music",
-    "story", "idea", "number", "system", "server", "module", "token", "small", "large", "quick",
-    "quiet", "bright", "warm", "cold", "new", "old", "good", "simple", "random", "think", "know",
-    "see", "make", "find", "give", "tell", "help", "say", "go", "come", "run", "read", "write",
-    "Hello", "Yes", "No", "Perhaps", "Indeed",
-];
-
-const EXTRA_CHARS: &[&str] = &["é", "ü", "ß", "—", "…", "’", "日", "本", "🙂"];
-
-struct Vocab {
-    tokens: Vec<String>,
-    scores: Vec<f32>,
-    types: Vec<i32>,
-    rows: Vec<Row>,
-}
-
-fn demo_vocab(eog_bias: f32) -> Vocab {
-    let mut v = Vocab {
-        tokens: Vec::new(),
-        scores: Vec::new(),
-        types: Vec::new(),
-        rows: Vec::new(),
-    };
-    let push = |v: &mut Vocab, text: String, score: f32, ty: i32, row: Row| {
-        if !v.tokens.contains(&text) {
-            v.tokens.push(text);
-            v.scores.push(score);
-            v.types.push(ty);
-            v.rows.push(row);
-        }
-    };
-    let suppressed = Row::Biased(SUPPRESSED_BIAS);
-    push(&mut v, "<unk>".into(), 0.0, token_type::UNKNOWN, suppressed);
-    push(&mut v, "<s>".into(), 0.0, token_type::CONTROL, suppressed);
-    push(
-        &mut v,
-        "</s>".into(),
-        0.0,
-        token_type::CONTROL,
-        Row::Biased(eog_bias),
-    );
-    for b in 0..=255u8 {
-        push(
-            &mut v,
-            format!("<0x{b:02X}>"),
-            0.0,
-            token_type::BYTE,
-            suppressed,
-        );
-    }
-    push(
-        &mut v,
-        "<|im_start|>".into(),
-        0.0,
-        token_type::CONTROL,
-        suppressed,
-    );
-    push(
-        &mut v,
-        "<|im_end|>".into(),
-        0.0,
-        token_type::CONTROL,
-        Row::Biased(eog_bias),
-    );
-    // Single characters score low, longer pieces higher: SentencePiece merges the
-    // highest-scoring adjacent pair first.
-    push(&mut v, "▁".into(), -100.0, token_type::NORMAL, Row::Random);
-    for c in 0x21u8..=0x7E {
-        push(
-            &mut v,
-            char::from(c).to_string(),
-            -100.0,
-            token_type::NORMAL,
-            Row::Random,
-        );
-    }
-    for c in EXTRA_CHARS {
-        push(
-            &mut v,
-            (*c).to_owned(),
-            -100.0,
-            token_type::NORMAL,
-            Row::Random,
-        );
-    }
-    for word in WORDS {
-        let piece = format!("▁{word}");
-        let chars: Vec<(usize, char)> = piece.char_indices().collect();
-        for (i, _) in chars.iter().enumerate().skip(1) {
-            let end = chars.get(i + 1).map_or(piece.len(), |(pos, _)| *pos);
-            let prefix = &piece[..end];
-            push(
-                &mut v,
-                prefix.to_owned(),
-                -100.0 + i as f32,
-                token_type::NORMAL,
-                Row::Random,
-            );
-        }
-    }
-    v
-}
-
-/// SplitMix64: a tiny, fast, well-mixed generator; good enough for random weights.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[-1, 1)`.
-    fn next_sym(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
-
-/// Seeds one tensor's generator from the model seed and the tensor name, so that a
-/// tensor's values do not depend on the order tensors are written in.
-fn tensor_rng(seed: u64, name: &str) -> SplitMix64 {
-    // FNV-1a over the name, mixed with the seed.
-    let mut h: u64 = 0xCBF2_9CE4_8422_2325 ^ seed;
-    for b in name.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01B3);
-    }
-    SplitMix64(h)
-}
-
-/// Fills with uniform values of standard deviation `std`.
-fn fill_random(seed: u64, name: &str, std: f32) -> impl FnOnce(&mut [f32]) + Send + 'static {
-    let mut rng = tensor_rng(seed, name);
-    // A uniform on [-a, a) has standard deviation a / sqrt(3).
-    let scale = std * 3f32.sqrt();
-    move |out| out.iter_mut().for_each(|x| *x = rng.next_sym() * scale)
-}
 
 /// Writes a random-weight llama model (see [`DemoModelSpec`]) to `path`.
 ///
@@ -494,23 +334,6 @@ fn demo_writer(spec: &DemoModelSpec) -> GgufWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn demo_vocab_has_specials_bytes_and_reachable_words() {
-        let v = demo_vocab(-20.0);
-        assert_eq!(&v.tokens[..3], ["<unk>", "<s>", "</s>"]);
-        assert_eq!(v.tokens[3], "<0x00>");
-        assert_eq!(v.tokens[258], "<0xFF>");
-        let im_end = v.tokens.iter().position(|t| t == "<|im_end|>").unwrap();
-        assert_eq!(v.types[im_end], token_type::CONTROL);
-        assert_eq!(v.rows[im_end], Row::Biased(-20.0));
-        // Every prefix of "▁the" exists so SentencePiece can merge up to it.
-        for p in ["▁t", "▁th", "▁the"] {
-            assert!(v.tokens.iter().any(|t| t == p), "missing {p}");
-        }
-        let unique: std::collections::HashSet<_> = v.tokens.iter().collect();
-        assert_eq!(unique.len(), v.tokens.len(), "duplicate pieces");
-    }
 
     #[test]
     fn invalid_spec_is_rejected() {
