@@ -1,6 +1,6 @@
 //! The model: [`LlamaEngine`] loads a GGUF once, renders and tokenizes
 //! prompts (the model's chat template, through llama.cpp's built-ins,
-//! minijinja, or ChatML), prepares chats (checked against the slot's context
+//! minijinja, or ChatML: `prompt.rs`), prepares chats (checked against the slot's context
 //! before anything is decoded) and launches them into its
 //! [`Scheduler`], whose one decode loop serves every slot with continuous
 //! batching.
@@ -14,17 +14,18 @@ use std::time::Duration;
 
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use parking_lot::Mutex;
 
 use crate::generation::{
     CancelToken, ChatError, Generation, Generator, GeneratorLoad, PreparedChat,
 };
+use crate::prompt::PromptFormat;
 use crate::request::ChatRequest;
 use crate::sampling::{random_seed, SamplingParams};
 use crate::scheduler::{Scheduler, SchedulerSpec};
-use crate::template::{self, JinjaTemplate, Message};
+use crate::template::{self, Message};
 
 /// Context size per slot when the configuration does not set one: the
 /// model's training context, capped here so a 128k-token model does not
@@ -139,26 +140,6 @@ pub enum LoadError {
     },
 }
 
-/// How prompts are rendered, decided once per model.
-enum PromptFormat {
-    /// llama.cpp's built-in implementation of the model's template family.
-    Builtin(LlamaChatTemplate),
-    /// The model's Jinja template rendered by minijinja.
-    Jinja(Box<JinjaTemplate>),
-    /// No usable template: ChatML.
-    ChatMl,
-}
-
-impl PromptFormat {
-    const fn name(&self) -> &'static str {
-        match self {
-            Self::Builtin(_) => "llama.cpp built-in",
-            Self::Jinja(_) => "jinja (minijinja)",
-            Self::ChatMl => "ChatML fallback",
-        }
-    }
-}
-
 /// A GGUF model loaded with llama.cpp, generating in its [`Scheduler`].
 pub struct LlamaEngine {
     model: Arc<LlamaModel>,
@@ -224,7 +205,7 @@ impl LlamaEngine {
             .filter(|s| !s.trim().is_empty())
             .or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "model".to_owned());
-        let format = pick_format(&model);
+        let format = PromptFormat::pick(&model);
         let model = Arc::new(model);
         let spec = SchedulerSpec {
             n_ctx_slot: n_ctx,
@@ -305,19 +286,7 @@ impl LlamaEngine {
     /// # Errors
     /// [`ChatError::Template`] when the template fails on these messages.
     pub fn render_messages(&self, messages: &[Message]) -> Result<String, ChatError> {
-        let messages = messages.to_vec();
-        match &self.format {
-            PromptFormat::Builtin(tmpl) => {
-                let chat = to_llama_messages(&messages)?;
-                self.model
-                    .apply_chat_template(tmpl, &chat, true)
-                    .map_err(|e| ChatError::Template(format!("chat template: {e}")))
-            }
-            PromptFormat::Jinja(tmpl) => tmpl
-                .render(&messages, true)
-                .map_err(|e| ChatError::Template(e.to_string())),
-            PromptFormat::ChatMl => Ok(template::chatml(&messages)),
-        }
+        self.format.render(&self.model, messages)
     }
 
     /// Tokenizes rendered prompt text: special tokens in it are parsed, and BOS is
@@ -331,45 +300,6 @@ impl LlamaEngine {
             tokens.insert(0, bos);
         }
         tokens
-    }
-}
-
-fn to_llama_messages(messages: &[Message]) -> Result<Vec<LlamaChatMessage>, ChatError> {
-    messages
-        .iter()
-        .map(|m| {
-            LlamaChatMessage::new(m.role.clone(), m.content.clone())
-                .map_err(|e| ChatError::InvalidRequest(format!("message text: {e}")))
-        })
-        .collect()
-}
-
-/// Built-in if llama.cpp recognises the template, else Jinja if minijinja can render
-/// it, else ChatML.
-fn pick_format(model: &LlamaModel) -> PromptFormat {
-    let Ok(tmpl) = model.chat_template(None) else {
-        tracing::info!("the model has no chat template; using ChatML");
-        return PromptFormat::ChatMl;
-    };
-    let probe = template::chat_messages("You are helpful.", "Hello");
-    if let Ok(chat) = to_llama_messages(&probe) {
-        if model.apply_chat_template(&tmpl, &chat, true).is_ok() {
-            return PromptFormat::Builtin(tmpl);
-        }
-    }
-    let source = tmpl.to_string().unwrap_or_default();
-    let token_text = |t: LlamaToken| {
-        let vocab = model.vocab();
-        String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
-    };
-    let vocab = model.vocab();
-    let (bos, eos) = (token_text(vocab.bos()), token_text(vocab.eos()));
-    match JinjaTemplate::new(&source, bos, eos).and_then(|t| t.render(&probe, true).map(|_| t)) {
-        Ok(t) => PromptFormat::Jinja(Box::new(t)),
-        Err(e) => {
-            tracing::warn!(error = %e, "the model's chat template cannot be rendered; using ChatML");
-            PromptFormat::ChatMl
-        }
     }
 }
 

@@ -32,6 +32,7 @@ pub mod gguf;
 pub mod hugepages;
 pub mod model;
 pub mod module;
+mod prompt;
 pub mod request;
 pub mod sampling;
 pub mod scheduler;
