@@ -16,6 +16,16 @@ pub struct ModuleDir {
 }
 
 impl ModuleDir {
+    /// `modules/<name>` holding `manifest` as its `modulesettings.json`, and
+    /// nothing else: a module the test plays, or one whose program the test
+    /// writes next to it.
+    pub fn with_manifest(modules: &Path, name: &str, manifest: &str) -> Result<ModuleDir> {
+        let path = modules.join(name);
+        std::fs::create_dir_all(&path)?;
+        std::fs::write(path.join("modulesettings.json"), manifest)?;
+        Ok(ModuleDir { path })
+    }
+
     /// Copies every file of `source` (non-recursive) into `modules/<name>`.
     pub fn copy_from(modules: &Path, name: &str, source: &Path) -> Result<ModuleDir> {
         let path = modules.join(name);

@@ -155,15 +155,10 @@ async fn bad_requests_get_each_apis_error_shape() {
 
     // A module that serves chat but is not running: 503 with Retry-After.
     let root = Server::root().unwrap();
-    let dir = root.path().join("modules/Idle");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("modulesettings.json"),
-        r#"{ "Modules": { "Idle": { "Name": "Idle", "Version": "1.0.0",
+    let manifest = r#"{ "Modules": { "Idle": { "Name": "Idle", "Version": "1.0.0",
             "LaunchSettings": { "Command": "sleep 600", "Runtime": "execute", "AutoStart": false },
-            "RouteMaps": [ { "Route": "idle/chat", "Command": "chat", "Implements": "chat" } ] } } }"#,
-    )
-    .unwrap();
+            "RouteMaps": [ { "Route": "idle/chat", "Command": "chat", "Implements": "chat" } ] } } }"#;
+    ModuleDir::with_manifest(&root.path().join("modules"), "Idle", manifest).unwrap();
     let idle = InProcess::start(root, &[]).unwrap();
     let chat = json!({"model": "Idle", "messages": [{"role": "user", "content": "hi"}]});
     for path in ["/v1/chat/completions", "/api/chat"] {

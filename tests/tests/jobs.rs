@@ -413,15 +413,10 @@ async fn status_and_cancel_go_ahead_of_queued_commands_and_watched_jobs_are_poll
     // The test plays a module that does not push: it answers one command as a
     // long process, then sees what the server sends it.
     let root = Server::root().unwrap();
-    let dir = root.path().join("modules/Fake");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("modulesettings.json"),
-        r#"{ "Modules": { "Fake": { "Name": "Fake", "Version": "1.0.0",
+    let manifest = r#"{ "Modules": { "Fake": { "Name": "Fake", "Version": "1.0.0",
             "LaunchSettings": { "Command": "sleep 600", "Runtime": "execute", "AutoStart": true },
-            "RouteMaps": [ { "Name": "w", "Route": "fake/work", "Method": "POST", "Command": "work" } ] } } }"#,
-    )
-    .unwrap();
+            "RouteMaps": [ { "Name": "w", "Route": "fake/work", "Method": "POST", "Command": "work" } ] } } }"#;
+    ModuleDir::with_manifest(&root.path().join("modules"), "Fake", manifest).unwrap();
     let server = InProcess::start(root, &["--job-poll-ms", "50"]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let side = loop {

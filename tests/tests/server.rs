@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use modhost_tests::{assert_error, assert_error_response, Server};
+use modhost_tests::{assert_error, assert_error_response, ModuleDir, Server};
 use serde_json::{json, Value};
 
 /// A module whose process only sleeps; the test answers its queue.
@@ -25,9 +25,7 @@ const FAKE_MODULE: &str = r#"{
 async fn server_with(manifests: &[(&str, &str)], args: &[&str]) -> Server {
     let root = Server::root().unwrap();
     for (name, text) in manifests {
-        let dir = root.path().join("modules").join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("modulesettings.json"), text).unwrap();
+        ModuleDir::with_manifest(&root.path().join("modules"), name, text).unwrap();
     }
     Server::start(root, args).await.unwrap()
 }
@@ -441,7 +439,7 @@ async fn invalid_manifests_are_skipped_and_missing_files_reported() {
 #[tokio::test]
 async fn server_endpoints_serve_the_explorer_and_the_dashboard() {
     let root = Server::root().unwrap();
-    let echo = modhost_tests::ModuleDir::echo(&root.path().join("modules")).unwrap();
+    let echo = ModuleDir::echo(&root.path().join("modules")).unwrap();
     std::fs::write(
         echo.path.join("explore.html"),
         "<html><style>/* START EXPLORER STYLE */.e{}/* END EXPLORER STYLE */</style>\
@@ -608,7 +606,7 @@ async fn server_endpoints_serve_the_explorer_and_the_dashboard() {
 async fn a_module_that_is_not_installed_is_installed_then_started() {
     let root = Server::root().unwrap();
     let modules = root.path().join("modules");
-    let echo = modhost_tests::ModuleDir::echo(&modules).unwrap();
+    let echo = ModuleDir::echo(&modules).unwrap();
     std::fs::rename(echo.path.join("echo"), echo.path.join("echo.built")).unwrap();
     std::fs::write(
         echo.path.join("install.sh"),
@@ -667,10 +665,9 @@ async fn a_module_that_is_not_installed_is_installed_then_started() {
 #[tokio::test]
 async fn a_module_gets_its_environment_and_a_quit_command_when_stopped() {
     let root = Server::root().unwrap();
-    let dir = root.path().join("modules").join("Envy");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("modulesettings.json"),
+    let dir = ModuleDir::with_manifest(
+        &root.path().join("modules"),
+        "Envy",
         r#"{ "Modules": { "Envy": {
             "Name": "Envy Module", "Version": "1.2.3",
             "LaunchSettings": { "FilePath": "run.sh", "Runtime": "execute", "AutoStart": true,
@@ -681,7 +678,8 @@ async fn a_module_gets_its_environment_and_a_quit_command_when_stopped() {
             "RouteMaps": [ { "Name": "w", "Route": "envy/w", "Method": "POST", "Command": "w" } ]
         } } }"#,
     )
-    .unwrap();
+    .unwrap()
+    .path;
     let env_file = modhost_tests::write_env_recorder(&dir).unwrap();
     let server = Server::start(root, &[]).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -173,15 +173,10 @@ async fn the_dashboard_lists_a_running_chat_and_cancels_it() {
 async fn the_dashboard_asks_for_the_api_key_once_and_keeps_it() {
     let _turn = TURN.lock().await;
     let root = Server::root().unwrap();
-    let dir = root.path().join("modules/Fake");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("modulesettings.json"),
-        r#"{ "Modules": { "Fake": { "Name": "Fake", "Version": "1.0.0",
+    let manifest = r#"{ "Modules": { "Fake": { "Name": "Fake", "Version": "1.0.0",
             "LaunchSettings": { "Command": "sleep 600", "Runtime": "execute", "AutoStart": true },
-            "RouteMaps": [ { "Name": "w", "Route": "fake/w", "Method": "POST", "Command": "w" } ] } } }"#,
-    )
-    .unwrap();
+            "RouteMaps": [ { "Name": "w", "Route": "fake/w", "Method": "POST", "Command": "w" } ] } } }"#;
+    ModuleDir::with_manifest(&root.path().join("modules"), "Fake", manifest).unwrap();
     const KEY: &str = "browser-key-0123456789";
     let server = Server::start(root, &["--api-key", KEY]).await.unwrap();
     let browser = Browser::start().await;

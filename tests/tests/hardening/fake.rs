@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use modhost_tests::{Api, Server};
+use modhost_tests::{Api, ModuleDir, Server};
 use serde_json::Value;
 
 /// A module whose process only sleeps; the test answers its queue.
@@ -19,9 +19,7 @@ const FAKE: &str = r#"{ "Modules": { "Fake": {
 
 pub(crate) fn root_with_fake() -> tempfile::TempDir {
     let root = Server::root().unwrap();
-    let dir = root.path().join("modules/Fake");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("modulesettings.json"), FAKE).unwrap();
+    ModuleDir::with_manifest(&root.path().join("modules"), "Fake", FAKE).unwrap();
     root
 }
 

@@ -78,15 +78,12 @@ async fn a_stopped_rust_module_is_restarted_and_its_clients_answered() {
 async fn repeated_crashes_show_the_backoff_and_a_stable_run_resets_it() {
     // Crashes on its first two launches, then stays up.
     let root = Server::root().unwrap();
-    let dir = root.path().join("modules/Crashy");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("modulesettings.json"),
-        r#"{ "Modules": { "Crashy": { "Name": "Crashy", "Version": "1.0.0",
+    let manifest = r#"{ "Modules": { "Crashy": { "Name": "Crashy", "Version": "1.0.0",
             "LaunchSettings": { "Command": "sh run.sh", "Runtime": "execute", "AutoStart": true },
-            "RouteMaps": [ { "Name": "w", "Route": "crashy/w", "Method": "POST", "Command": "w" } ] } } }"#,
-    )
-    .unwrap();
+            "RouteMaps": [ { "Name": "w", "Route": "crashy/w", "Method": "POST", "Command": "w" } ] } } }"#;
+    let dir = ModuleDir::with_manifest(&root.path().join("modules"), "Crashy", manifest)
+        .unwrap()
+        .path;
     std::fs::write(
         dir.join("run.sh"),
         "n=$(cat count 2>/dev/null || echo 0); echo $((n+1)) > count\n[ \"$n\" -ge 2 ] && exec sleep 600\necho 'error: not yet' >&2; exit 3\n",
