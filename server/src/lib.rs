@@ -20,7 +20,8 @@
 //!   `progress_stream`: the socket a launched module pushes its progress on;
 //! - `access`: API key, origin checks and CORS, in front of every route;
 //! - `api`: the `/v1` endpoints; `payload`: request values and validation;
-//! - `conn`: whether a request's client is still connected;
+//! - `listeners`: the clients' and the modules' HTTP servers and their
+//!   listeners; `conn`: whether a request's client is still connected;
 //! - `overrides`: module settings changed from the dashboard, kept on disk;
 //! - `logs`, `system`, `explorer_ui`, `static_files`: log buffer, machine
 //!   figures, explorer UI cutting, the embedded web UI;
@@ -38,6 +39,7 @@ mod error;
 mod explorer_ui;
 mod generation;
 mod jobs;
+mod listeners;
 mod logs;
 mod overrides;
 mod payload;
@@ -53,7 +55,7 @@ mod watcher;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use actix_web::{web, App, HttpServer};
+use actix_web::web;
 use anyhow::Context;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -61,7 +63,6 @@ use tokio_util::sync::CancellationToken;
 pub use config::{Cli, Config};
 
 use commands::Commands;
-use error::ApiError;
 use jobs::{Jobs, Retention};
 use logs::{LogLevel, LogService};
 use queue::Queues;
@@ -134,18 +135,8 @@ pub async fn run(
     let local = listener
         .local_addr()
         .context("reading the listener's address")?;
-    let module_listener = std::net::TcpListener::bind(("127.0.0.1", config.module_port))
-        .with_context(|| {
-            format!(
-                "cannot listen for modules on 127.0.0.1:{}",
-                config.module_port
-            )
-        })?;
-    let module_port = module_listener.local_addr()?.port();
-    // Both SDKs call `localhost`, which resolves to ::1 first on many
-    // systems: serve it there too where the machine has IPv6, so that no
-    // connection waits for a refused first try.
-    let module_listener_v6 = std::net::TcpListener::bind(("::1", module_port)).ok();
+    let module_listeners = listeners::ModuleListeners::bind(config.module_port)?;
+    let module_port = module_listeners.port;
     announce(&logs, &config, local, module_port, modules.len());
 
     let queues = Queues::new(config.queue_length, config.queue_bytes);
@@ -198,69 +189,10 @@ pub async fn run(
         shutdown: streams_end.clone(),
     });
 
-    let ollama_listener = match config.ollama_port {
-        Some(port) => Some(
-            std::net::TcpListener::bind((local.ip(), port)).with_context(|| {
-                format!("cannot listen for Ollama clients on {}:{port}", local.ip())
-            })?,
-        ),
-        None => None,
-    };
-    if let Some(listener) = &ollama_listener {
-        logs.add(
-            LogLevel::Information,
-            "Server",
-            "",
-            &format!(
-                "also serving on {} for clients that assume Ollama's port",
-                listener.local_addr()?
-            ),
-        );
-    }
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let app_state = state.clone();
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(app_state.clone())
-            .configure(configure_extractors)
-            .wrap(actix_web::middleware::from_fn(access::guard))
-            .configure(api::configure)
-            .configure(static_files::configure)
-    })
-    .workers(workers)
-    .max_connections(config.max_connections.div_ceil(workers))
-    .on_connect(conn::on_connect)
-    .disable_signals()
-    .shutdown_timeout(2)
-    .listen(listener)
-    .context("serving the listener")?;
-    let server = match ollama_listener {
-        Some(ollama) => server
-            .listen(ollama)
-            .context("serving the Ollama listener")?,
-        None => server,
-    }
-    .run();
-    let module_state = state.clone();
-    let module_server = HttpServer::new(move || {
-        App::new()
-            .app_data(module_state.clone())
-            .configure(configure_extractors)
-            .configure(api::configure_module_side)
-    })
-    .workers(1)
-    .on_connect(conn::on_connect)
-    .disable_signals()
-    .shutdown_timeout(2)
-    .listen(module_listener)
-    .context("serving the module listener")?;
-    let module_server = match module_listener_v6 {
-        Some(v6) => module_server
-            .listen(v6)
-            .context("serving the module listener on ::1")?,
-        None => module_server,
-    }
-    .run();
+    let ollama_listener = listeners::bind_ollama(&config, local.ip(), &logs)?;
+    let server =
+        listeners::client_server(&state, listener, ollama_listener, config.max_connections)?;
+    let module_server = listeners::module_server(&state, module_listeners)?;
     let handles = [server.handle(), module_server.handle()];
     let serving = [tokio::spawn(server), tokio::spawn(module_server)];
 
@@ -419,25 +351,6 @@ fn start_skills(
         Arc::new(index),
     );
     Ok(Arc::new(skills))
-}
-
-/// The extractor settings both listeners share: body limits and JSON
-/// errors for malformed forms, queries and paths.
-fn configure_extractors(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(
-        web::FormConfig::default()
-            .limit(64 * 1024)
-            .error_handler(|err, _| {
-                ApiError::BadRequest(format!("malformed form body: {err}")).into()
-            }),
-    )
-    .app_data(web::QueryConfig::default().error_handler(|err, _| {
-        ApiError::BadRequest(format!("malformed query string: {err}")).into()
-    }))
-    .app_data(
-        web::PathConfig::default()
-            .error_handler(|err, _| ApiError::BadRequest(format!("malformed path: {err}")).into()),
-    );
 }
 
 /// Raises this process's soft limit of open files to its hard limit, so
