@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::binary;
 
-use crate::Api;
+use crate::{Api, ModuleDir};
 
 /// The server run inside the test process (`modhost::run` on its own thread
 /// and actix system), on a free port, with a temporary modules and log
@@ -118,6 +118,19 @@ impl Server {
         let root = tempfile::tempdir()?;
         std::fs::create_dir_all(root.path().join("modules"))?;
         Ok(root)
+    }
+
+    /// `modhost` (`--no-install`) with the real LlamaChat module on the
+    /// demo model `preset` (`tiny`, `small`, `bench`), once LlamaChat is
+    /// Started.
+    pub async fn with_llama_chat(preset: &str) -> Result<Server> {
+        let root = Self::root()?;
+        ModuleDir::llama_chat(&root.path().join("modules"), preset)?;
+        let server = Self::start(root, &["--no-install"]).await?;
+        server
+            .wait_for_status("LlamaChat", "Started", Duration::from_secs(60))
+            .await?;
+        Ok(server)
     }
 
     /// Starts `modhost` in `root` on a free port with `args` added, and waits

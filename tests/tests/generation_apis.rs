@@ -11,13 +11,7 @@ use serde_json::{json, Value};
 
 #[tokio::test]
 async fn the_official_openai_and_ollama_clients_chat_with_llamachat() {
-    let root = Server::root().unwrap();
-    ModuleDir::llama_chat(&root.path().join("modules"), "tiny").unwrap();
-    let server = Server::start(root, &["--no-install"]).await.unwrap();
-    server
-        .wait_for_status("LlamaChat", "Started", Duration::from_secs(60))
-        .await
-        .unwrap();
+    let server = Server::with_llama_chat("tiny").await.unwrap();
     let venv = python_venv().unwrap();
     let script = workspace_root().join("tests/clients/generation_clients.py");
     let base = server.base.clone();

@@ -68,13 +68,7 @@ async fn echo_in_process(args: &[&str]) -> InProcess {
 
 #[tokio::test]
 async fn llama_chat_streams_deltas_that_join_to_its_final_reply_for_an_httpx_sse_client() {
-    let root = Server::root().unwrap();
-    ModuleDir::llama_chat(&root.path().join("modules"), "tiny").unwrap();
-    let server = Server::start(root, &[]).await.unwrap();
-    server
-        .wait_for_status("LlamaChat", "Started", Duration::from_secs(60))
-        .await
-        .unwrap();
+    let server = Server::with_llama_chat("tiny").await.unwrap();
     // One call starts the chat and streams it (Accept: text/event-stream).
     let url = server.url("/v1/text/chat");
     let got = tokio::task::spawn_blocking(move || {

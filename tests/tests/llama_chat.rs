@@ -8,17 +8,6 @@ use std::time::{Duration, Instant};
 use modhost_tests::{assert_error, ModuleDir, Server};
 use serde_json::{json, Value};
 
-async fn server(preset: &str) -> Server {
-    let root = Server::root().unwrap();
-    ModuleDir::llama_chat(&root.path().join("modules"), preset).unwrap();
-    let server = Server::start(root, &["--no-install"]).await.unwrap();
-    server
-        .wait_for_status("LlamaChat", "Started", Duration::from_secs(60))
-        .await
-        .unwrap();
-    server
-}
-
 /// Starts a chat; returns its command id.
 async fn start_chat(server: &Server, values: &[(&str, &str)]) -> String {
     let (status, body) = server.post_form("/v1/text/chat", values).await.unwrap();
@@ -56,7 +45,7 @@ async fn finish(server: &Server, id: &str) -> (Vec<String>, Value) {
 
 #[tokio::test]
 async fn a_chat_returns_a_command_id_and_its_reply_grows_until_it_completes() {
-    let server = server("small").await;
+    let server = Server::with_llama_chat("small").await.unwrap();
     let id = start_chat(
         &server,
         &[
@@ -100,7 +89,7 @@ async fn a_chat_returns_a_command_id_and_its_reply_grows_until_it_completes() {
 
 #[tokio::test]
 async fn cancel_stops_the_reply_within_a_token_and_the_next_chat_starts_at_once() {
-    let server = server("small").await;
+    let server = Server::with_llama_chat("small").await.unwrap();
     let id = start_chat(
         &server,
         &[("prompt", "Write a long story."), ("max_tokens", "0")],
@@ -213,7 +202,7 @@ async fn chats_beyond_the_slots_wait_in_order_and_beyond_the_queue_are_refused_a
 
 #[tokio::test]
 async fn max_tokens_is_exact_and_the_same_seed_gives_the_same_reply() {
-    let server = server("tiny").await;
+    let server = Server::with_llama_chat("tiny").await.unwrap();
     let mut replies = Vec::new();
     for seed in ["7", "7", "8"] {
         let values = [
@@ -235,7 +224,7 @@ async fn max_tokens_is_exact_and_the_same_seed_gives_the_same_reply() {
 
 #[tokio::test]
 async fn bad_chat_input_gets_clear_errors_and_the_module_keeps_serving() {
-    let server = server("tiny").await;
+    let server = Server::with_llama_chat("tiny").await.unwrap();
     // No prompt: the module answers at once.
     let (_, body) = server
         .post_form("/v1/text/chat", &[("max_tokens", "5")])

@@ -7,12 +7,12 @@ use fantoccini::Locator;
 use modhost_tests::{workspace_root, ModuleDir, Server};
 use serde_json::{json, Value};
 
-use crate::harness::{llama_server, Browser, TURN};
+use crate::harness::{Browser, TURN};
 
 #[tokio::test]
 async fn the_dashboard_shows_llamachat_started_its_log_and_restart_brings_it_back() {
     let _turn = TURN.lock().await;
-    let server = llama_server().await;
+    let server = Server::with_llama_chat("small").await.unwrap();
     let browser = Browser::start().await;
     browser.client.goto(&server.url("/")).await.unwrap();
 
@@ -114,7 +114,7 @@ async fn the_dashboard_shows_llamachat_started_its_log_and_restart_brings_it_bac
 #[tokio::test]
 async fn the_dashboard_lists_a_running_chat_and_cancels_it() {
     let _turn = TURN.lock().await;
-    let server = llama_server().await;
+    let server = Server::with_llama_chat("small").await.unwrap();
     let (_, started) = server
         .post_form(
             "/v1/text/chat",

@@ -1,20 +1,19 @@
 //! The explorer: LlamaChat's chat UI (a growing reply, stop, markup shown
 //! as text, a page without modhost's client) and a module UI written for
-//! CodeProject's explorer.
+//! CodeProject's explorer. LlamaChat runs on the `small` demo model, slow
+//! enough to watch a reply grow and to stop it midway.
 
 use std::time::{Duration, Instant};
 
 use modhost_tests::{workspace_root, ModuleDir, Server};
 use serde_json::{json, Value};
 
-use crate::harness::{
-    llama_server, open_chat, scripted_chat_server, serve_page, Browser, FINAL, TURN,
-};
+use crate::harness::{open_chat, scripted_chat_server, serve_page, Browser, FINAL, TURN};
 
 #[tokio::test]
 async fn a_chat_reply_grows_in_the_explorer_and_ends_with_statistics() {
     let _turn = TURN.lock().await;
-    let server = llama_server().await;
+    let server = Server::with_llama_chat("small").await.unwrap();
     let browser = Browser::start().await;
     open_chat(&browser, &server).await;
 
@@ -70,7 +69,7 @@ async fn a_chat_reply_grows_in_the_explorer_and_ends_with_statistics() {
 #[tokio::test]
 async fn stop_mid_generation_shows_the_chat_cancelled() {
     let _turn = TURN.lock().await;
-    let server = llama_server().await;
+    let server = Server::with_llama_chat("small").await.unwrap();
     let browser = Browser::start().await;
     open_chat(&browser, &server).await;
 

@@ -173,19 +173,6 @@ fn find_program(names: &[&str]) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// modhost with the real LlamaChat module on the `small` demo model (slow
-/// enough to watch a reply grow and to stop it midway).
-pub(crate) async fn llama_server() -> Server {
-    let root = Server::root().unwrap();
-    ModuleDir::llama_chat(&root.path().join("modules"), "small").unwrap();
-    let server = Server::start(root, &["--no-install"]).await.unwrap();
-    server
-        .wait_for_status("LlamaChat", "Started", Duration::from_secs(60))
-        .await
-        .unwrap();
-    server
-}
-
 /// Opens the explorer and waits until LlamaChat's UI is injected.
 pub(crate) async fn open_chat(browser: &Browser, server: &Server) {
     browser
